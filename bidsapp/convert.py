@@ -1,0 +1,199 @@
+"""Convert: heudiconv (dcm2niix inside) over the staged studies → the subject's BIDS tree.
+
+heudiconv's bookkeeping (`.heudiconv/`, which keeps patient IDs) and the sourcedata tarballs some
+heuristics make stay in the work dir; only `sub-<label>` comes out.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import hashlib
+import importlib.util
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bidsapp.errors import BadInputData, UsageError
+from bidsapp.stage import StagedExam
+from bidsapp.subjects import Subject
+from bidsapp.tools import ToolFailed, run
+
+HEURISTICS_DIR = Path(__file__).with_name("heuristics")
+_REPO_HEURISTICS = Path(__file__).resolve().parent.parent / "heuristics"
+
+
+@dataclass(frozen=True)
+class Heuristic:
+    """A heudiconv heuristic file, resolved and checked once."""
+
+    name: str
+    path: Path
+    sha256: str
+    expected: tuple[str, ...] = ()  # glob patterns under sub-<L>/ that must each match a file
+
+
+@dataclass
+class SeriesRow:
+    """One source series and what became of it."""
+
+    session: str
+    series_id: str
+    description: str
+    image_type: str
+    dims: str
+    tr: str
+    te: str
+    files: int
+    outputs: list[str] = field(default_factory=list)
+    reason: str = ""
+
+
+@dataclass
+class Converted:
+    """The converted subject tree and the series table behind it."""
+
+    root: Path  # holds sub-<label>/
+    files: list[str]
+    series: list[SeriesRow]
+    sessions: list[str]
+
+
+def heuristic_dirs() -> list[Path]:
+    """Where named heuristics are found: the installed package, then a source checkout."""
+    return [d for d in (HEURISTICS_DIR, _REPO_HEURISTICS) if d.is_dir()]
+
+
+def load_heuristic(spec: str) -> Heuristic:
+    """Resolve `--heuristic` (a name from heuristics/ or a path) and check it loads."""
+    path = Path(spec).expanduser()
+    if not (spec.endswith(".py") or "/" in spec):
+        found = [d / f"{spec}.py" for d in heuristic_dirs() if (d / f"{spec}.py").is_file()]
+        if not found:
+            names = sorted({p.stem for d in heuristic_dirs() for p in d.glob("[!_]*.py")})
+            raise UsageError(
+                f"no heuristic named {spec!r}", hint=f"choose one of {', '.join(names)}"
+            )
+        path = found[0]
+    if not path.is_file():
+        raise UsageError(f"heuristic file {path} does not exist")
+    module_spec = importlib.util.spec_from_file_location(f"bidsapp_heuristic_{path.stem}", path)
+    if module_spec is None or module_spec.loader is None:
+        raise UsageError(f"heuristic {path} is not a Python file")
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:  # a user's file can fail in any way; it is still a usage error
+        raise UsageError(
+            f"heuristic {path.name} does not load: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not callable(getattr(module, "infotodict", None)):
+        raise UsageError(f"heuristic {path.name} defines no infotodict(seqinfo)")
+    expected = tuple(getattr(module, "EXPECTED_FILES", ()) or ())
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return Heuristic(path.stem, path.resolve(), digest, expected)
+
+
+def sessions_for(staged: StagedExam, subject: Subject) -> list[str]:
+    """The session label of each study: the map's, or 1, 2… in acquisition order, or none."""
+    if subject.session:
+        return [subject.session] * len(staged.studies)
+    if len(staged.studies) > 1:
+        return [str(k) for k in range(1, len(staged.studies) + 1)]
+    return [""]
+
+
+def convert(staged: StagedExam, subject: Subject, heuristic: Heuristic, work: Path) -> Converted:
+    """Run heudiconv once per study and collect the subject tree."""
+    out = work / "heudiconv"
+    sessions = sessions_for(staged, subject)
+    for study, session in zip(staged.studies, sessions, strict=True):
+        argv = [
+            "heudiconv",
+            "--files",
+            str(study.folder),
+            "-s",
+            subject.label,
+            "-f",
+            str(heuristic.path),
+            "-c",
+            "dcm2niix",
+            "--bids",
+            "notop",
+            "--minmeta",
+            "-o",
+            str(out),
+            "-l",
+            "",
+            "-g",
+            "all",
+            "--overwrite",
+        ]
+        if session:
+            argv += ["--ses", session]
+        try:
+            run(argv, cwd=work)
+        except ToolFailed as exc:
+            raise BadInputData(
+                f"heudiconv could not convert this exam with heuristic {heuristic.name!r}: "
+                f"{exc.tail.splitlines()[-1] if exc.tail else exc.code}",
+                hint="try another --heuristic, or run 'bidsapp inspect' on the exam",
+            ) from exc
+    subject_dir = out / f"sub-{subject.label}"
+    bids = work / "bids"
+    if bids.exists():
+        shutil.rmtree(bids)
+    bids.mkdir()
+    files: list[str] = []
+    if subject_dir.is_dir():
+        shutil.copytree(subject_dir, bids / subject_dir.name, symlinks=False)
+        files = sorted(p.relative_to(bids).as_posix() for p in bids.rglob("*") if p.is_file())
+    found_sessions = sorted(p.name[4:] for p in (bids / subject_dir.name).glob("ses-*"))
+    return Converted(bids, files, _series_table(out, subject.label), found_sessions)
+
+
+def _series_table(out: Path, label: str) -> list[SeriesRow]:
+    """Every series heudiconv saw, with the BIDS name it got or why it got none."""
+    rows: list[SeriesRow] = []
+    info_root = out / ".heudiconv" / label
+    for info in sorted(info_root.glob("**/info")):
+        session = info.parent.name[4:] if info.parent.name.startswith("ses-") else ""
+        named: dict[str, list[str]] = {}
+        for auto in info.glob("*.auto.txt"):
+            mapping: dict[Any, list[str]] = ast.literal_eval(auto.read_text())
+            for key, series_ids in mapping.items():
+                template, outtypes = key[0], key[1]
+                if "nii.gz" not in outtypes and "nii" not in outtypes:
+                    continue
+                prefix = f"sub-{label}" + (f"_ses-{session}" if session else "")
+                folder = f"sub-{label}" + (f"/ses-{session}" if session else "")
+                name = template.format(
+                    bids_subject_session_dir=folder,
+                    bids_subject_session_prefix=prefix,
+                    subject=label,
+                    session=f"ses-{session}" if session else "",
+                    item="{item}",
+                )
+                for sid in series_ids:
+                    named.setdefault(sid, []).append(name)
+        for tsv in info.glob("dicominfo*.tsv"):
+            with tsv.open(newline="") as fh:
+                for rec in csv.DictReader(fh, delimiter="\t"):
+                    sid = rec["series_id"]
+                    dims = "x".join(rec[f"dim{i}"] for i in range(1, 5))
+                    rows.append(
+                        SeriesRow(
+                            session,
+                            sid,
+                            rec.get("series_description", ""),
+                            rec.get("image_type", ""),
+                            dims,
+                            rec.get("TR", ""),
+                            rec.get("TE", ""),
+                            int(rec.get("series_files") or 0),
+                            named.get(sid, []),
+                            "" if sid in named else "not selected by the heuristic",
+                        )
+                    )
+    return rows

@@ -1,0 +1,268 @@
+"""Group: dataset-level files from what the subjects published, then whole-dataset validation.
+
+Merges with what a curator already wrote (extra participants.tsv columns, README text): it never
+throws a person's edits away.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from bidsapp.errors import ValidationFailed
+from bidsapp.gate import BIDS_VERSION, validate
+from bidsapp.publish import Target, init_shared, published_manifest
+from bidsapp.settings import Settings
+from bidsapp.stores import Store, open_store
+from bidsapp.stores.local import LocalStore
+from bidsapp.tools import ToolFailed, versions
+
+FIELD_DOCS = {
+    "participant_id": {"Description": "Unique participant identifier"},
+    "age": {"Description": "Age of the participant at the first exam", "Units": "year"},
+    "sex": {
+        "Description": "Sex of the participant as recorded by the scanner",
+        "Levels": {"M": "male", "F": "female", "O": "other"},
+    },
+}
+README_TEXT = """# BIDS dataset
+
+Converted from DICOM by bidsapp. Subjects are de-identified; see derivatives/bidsapp/ for each
+subject's conversion report, gate report and provenance.
+"""
+BIDSIGNORE_LINES = ("extra_data", "**/extra_data/**")
+
+
+def published_targets(store: Store) -> list[tuple[Target, dict[str, Any]]]:
+    """Every subject (or session) whose manifest is present and matches its files."""
+    found: list[tuple[Target, dict[str, Any]]] = []
+    root = "derivatives/bidsapp"
+    if not store.exists(root):
+        return found
+    for sub in store.list(root):
+        if not (sub.is_dir and sub.name.startswith("sub-")):
+            continue
+        label = sub.name[4:]
+        candidates = [Target(label)] + [
+            Target(label, e.name[4:])
+            for e in store.list(f"{root}/{sub.name}")
+            if e.is_dir and e.name.startswith("ses-")
+        ]
+        for target in candidates:
+            manifest = published_manifest(store, target)
+            if manifest is not None:
+                found.append((target, manifest))
+    return found
+
+
+def run_group(settings: Settings) -> int:
+    """Write the dataset-level files and validate the dataset (16 when it fails)."""
+    store = open_store(settings.output, for_output=True)
+    init_shared(store)
+    if settings.init_only:
+        logger.info("shared folders ready in {}", store.describe())
+        return 0
+    targets = published_targets(store)
+    labels = sorted({t.label for t, _ in targets})
+    logger.info("{} published subjects", len(labels))
+    _dataset_description(store)
+    _participants(store, labels, settings.participant_fields)
+    if not store.exists("README") and not store.exists("README.md"):
+        store.write_bytes("README.md", README_TEXT.encode())
+    if not store.exists("CHANGES"):
+        today = datetime.now(UTC).date().isoformat()
+        store.write_bytes(
+            "CHANGES", f"1.0.0 {today}\n  - Initial conversion by bidsapp.\n".encode()
+        )
+    _bidsignore(store)
+    _sessions(store, targets)
+    _task_files(store, targets)
+    _derivative_description(store)
+    return _validate(store)
+
+
+def _read_json(store: Store, path: str) -> dict[str, Any]:
+    if not store.exists(path):
+        return {}
+    try:
+        data = json.loads(store.read_bytes(path))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        logger.warning("{} is not valid JSON; it is kept as {}.invalid", path, path)
+        store.write_bytes(f"{path}.invalid", store.read_bytes(path))
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_json(store: Store, path: str, data: dict[str, Any]) -> None:
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    if not store.exists(path) or store.read_bytes(path) != text.encode():
+        store.write_bytes(path, text.encode())
+
+
+def _generated_by() -> dict[str, Any]:
+    v = versions()
+    return {
+        "Name": "bidsapp",
+        "Version": v["bidsapp"],
+        "Description": (
+            f"heudiconv {v['heudiconv']}, dcm2niix {v['dcm2niix']}, "
+            f"bids-validator {v['bids-validator']}"
+        ),
+    }
+
+
+def _dataset_description(store: Store) -> None:
+    data = _read_json(store, "dataset_description.json")
+    data.setdefault("Name", "bidsapp dataset")
+    data.setdefault("BIDSVersion", BIDS_VERSION)
+    data.setdefault("DatasetType", "raw")
+    others = [g for g in data.get("GeneratedBy", []) if g.get("Name") != "bidsapp"]
+    data["GeneratedBy"] = [*others, _generated_by()]
+    _write_json(store, "dataset_description.json", data)
+
+
+def _derivative_description(store: Store) -> None:
+    path = "derivatives/bidsapp/dataset_description.json"
+    data = _read_json(store, path)
+    data.setdefault("Name", "bidsapp conversion reports")
+    data.setdefault("BIDSVersion", BIDS_VERSION)
+    data["DatasetType"] = "derivative"
+    data["GeneratedBy"] = [_generated_by()]
+    _write_json(store, path, data)
+
+
+def _participants(store: Store, labels: list[str], fields: tuple[str, ...]) -> None:
+    rows: dict[str, dict[str, str]] = {}
+    columns = ["participant_id"]
+    if store.exists("participants.tsv"):
+        reader = csv.DictReader(
+            io.StringIO(store.read_bytes("participants.tsv").decode()), delimiter="\t"
+        )
+        columns = list(reader.fieldnames or columns)
+        rows = {r["participant_id"]: r for r in reader if r.get("participant_id")}
+    for name in fields:
+        if name not in columns:
+            columns.append(name)
+    published = {f"sub-{label}" for label in labels}
+    if not published and not rows:
+        return  # an empty participants.tsv fails validation; nothing to list yet
+    orphans = {pid: row for pid, row in rows.items() if pid not in published}
+    if orphans:
+        # Curated rows for subjects not (or no longer) published: set aside, never dropped.
+        logger.warning(
+            "{} participants.tsv rows have no published subject; kept aside", len(orphans)
+        )
+        _write_tsv(store, ".bidsapp/participants.unpublished.tsv", columns, list(orphans.values()))
+    out = []
+    for pid in sorted(published):
+        row = dict(rows.get(pid, {}))
+        row["participant_id"] = pid
+        demo = _read_json(store, f"derivatives/bidsapp/{pid}/demographics.json") if fields else {}
+        for name in fields:
+            if row.get(name, "n/a") in ("", "n/a") and demo.get(name):
+                row[name] = _demographic(name, demo[name])
+        out.append(row)
+    _write_tsv(store, "participants.tsv", columns, out)
+    sidecar = _read_json(store, "participants.json")
+    for name in columns:
+        if name in FIELD_DOCS and name != "participant_id":
+            sidecar.setdefault(name, FIELD_DOCS[name])
+    _write_json(store, "participants.json", sidecar)
+
+
+def _demographic(name: str, value: str) -> str:
+    if name == "age":
+        match = re.match(r"^(\d{3})Y$", value)
+        return str(int(match.group(1))) if match else "n/a"
+    return value or "n/a"
+
+
+def _write_tsv(store: Store, path: str, columns: list[str], rows: list[dict[str, str]]) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([row.get(c) or "n/a" for c in columns])
+    data = buf.getvalue().encode()
+    if not store.exists(path) or store.read_bytes(path) != data:
+        store.write_bytes(path, data)
+
+
+def _bidsignore(store: Store) -> None:
+    text = store.read_bytes(".bidsignore").decode() if store.exists(".bidsignore") else ""
+    lines = text.splitlines()
+    missing = [line for line in BIDSIGNORE_LINES if line not in lines]
+    if missing or not store.exists(".bidsignore"):
+        store.write_bytes(".bidsignore", ("\n".join([*lines, *missing]) + "\n").encode())
+
+
+def _sessions(store: Store, targets: list[tuple[Target, dict[str, Any]]]) -> None:
+    by_label: dict[str, set[str]] = {}
+    for target, _ in targets:
+        if target.session:
+            by_label.setdefault(target.label, set()).add(target.session)
+        elif store.exists(target.data):
+            found = {
+                e.name[4:]
+                for e in store.list(target.data)
+                if e.is_dir and e.name.startswith("ses-")
+            }
+            if found:
+                by_label.setdefault(target.label, set()).update(found)
+    for label, sessions in by_label.items():
+        path = f"sub-{label}/sub-{label}_sessions.tsv"
+        columns = ["session_id"]
+        rows: dict[str, dict[str, str]] = {}
+        if store.exists(path):
+            reader = csv.DictReader(io.StringIO(store.read_bytes(path).decode()), delimiter="\t")
+            columns = list(reader.fieldnames or columns)
+            rows = {r["session_id"]: r for r in reader if r.get("session_id")}
+        keep = [{**rows.get(f"ses-{s}", {}), "session_id": f"ses-{s}"} for s in sorted(sessions)]
+        _write_tsv(store, path, columns, keep)
+
+
+def _task_files(store: Store, targets: list[tuple[Target, dict[str, Any]]]) -> None:
+    names: dict[str, set[str]] = {}
+    for _, manifest in targets:
+        for item in manifest.get("files", []):
+            path = item["path"]
+            match = re.search(r"_task-([A-Za-z0-9]+)_.*bold\.json$", path)
+            if match and not path.startswith("derivatives/"):
+                sidecar = json.loads(store.read_bytes(path))
+                names.setdefault(match.group(1), set()).add(
+                    str(sidecar.get("TaskName", match.group(1)))
+                )
+    for task, values in sorted(names.items()):
+        _write_json(
+            store,
+            f"task-{task}_bold.json",
+            {"TaskName": values.pop() if len(values) == 1 else task},
+        )
+
+
+def _validate(store: Store) -> int:
+    if not isinstance(store, LocalStore):
+        raise NotImplementedError("whole-dataset validation of a remote OUTPUT")
+    report = Path(store.root) / ".bidsapp" / "group-validation.json"
+    try:
+        findings, _ = validate(Path(store.root), report)
+    except (ToolFailed, ValueError, OSError) as exc:
+        # Gates fail closed: a validator that cannot run is a failed validation.
+        raise ValidationFailed(f"the BIDS validator could not run: {exc}") from exc
+    errors = [f for f in findings if f.severity == "error"]
+    warnings = sum(f.severity == "warning" for f in findings)
+    logger.info("dataset validation: {} errors, {} warnings", len(errors), warnings)
+    if errors:
+        codes = sorted({f.code for f in errors})
+        raise ValidationFailed(
+            f"the dataset fails BIDS validation ({len(errors)} errors: {', '.join(codes)})",
+            hint=f"see {report}",
+        )
+    return 0

@@ -1,0 +1,77 @@
+"""Loguru sinks (human console, a JSON file per job) and the PHI redaction of every record."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+
+if TYPE_CHECKING:
+    from loguru import Record
+
+    from bidsapp.phi import Identifiers
+
+
+class Redactor:
+    """Replaces every known identifier in log messages.
+
+    Identifiers become known during a job (the exam folder's name first, DICOM header values
+    once staging has read them), so the set grows; it is reset for each job.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ids: Identifiers | None = None
+
+    def reset(self) -> None:
+        with self._lock:
+            self._ids = None
+
+    def add_identifiers(self, ids: Identifiers) -> None:
+        with self._lock:
+            self._ids = ids if self._ids is None else self._ids.merge(ids)
+
+    def __call__(self, text: str) -> str:
+        with self._lock:
+            ids = self._ids
+        return ids.redact(text) if ids is not None else text
+
+
+redactor = Redactor()
+
+
+def _patch(record: Record) -> None:
+    record["message"] = redactor(record["message"])
+    record["extra"].setdefault("subject", "-")
+
+
+def _console_format(record: Record) -> str:
+    subject = record["extra"].get("subject", "-")
+    prefix = "" if subject == "-" else f"sub-{subject} "
+    return "<green>{time:HH:mm:ss}</green> <level>{level: <7}</level> " + prefix + "{message}\n"
+
+
+def setup_console(level: str = "INFO") -> None:
+    """Replace loguru's default sink with the redacted human console sink."""
+    logger.remove()
+    logger.configure(patcher=_patch)
+    logger.add(sys.stderr, level=level.upper(), format=_console_format, colorize=None)
+
+
+def add_json_log(path: Path) -> Callable[[], None]:
+    """Add a JSON-lines log for one job; returns a function that closes it."""
+    sink_id = logger.add(path, level="DEBUG", serialize=True, enqueue=False, encoding="utf-8")
+
+    def close() -> None:
+        logger.remove(sink_id)
+
+    return close
+
+
+def bound(subject: str) -> Any:
+    """A logger with the subject bound to every record."""
+    return logger.bind(subject=subject)

@@ -1,0 +1,211 @@
+"""Publish: the subject's tree into OUTPUT, verified, idempotent, never half-written.
+
+1. upload into .bidsapp/incoming/<tag>-<run>/ and verify every file (size and md5), then write
+   the pending manifest there;
+2. move the existing copy into .bidsapp/replaced/<tag>-<run>/, then the new one into place;
+3. write the manifest last: a subject counts as published only when its manifest is present and
+   matches its files.
+A rerun first repairs what an interrupted run left (rolling it forward once its upload was
+verified, dropping it otherwise), then decides from the manifest whether there is work to do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from bidsapp.stores import Store
+
+SHARED_FOLDERS = (
+    ".bidsapp/incoming",
+    ".bidsapp/replaced",
+    ".bidsapp/status",
+    ".bidsapp/locks",
+    ".bidsapp/failed",
+    "derivatives/bidsapp",
+)
+FAULT_ENV = "BIDSAPP_FAULT_AT"
+# The points of the protocol at which a test may make the process kill itself.
+FAULT_POINTS = (
+    "upload",
+    "uploaded",
+    "pending",
+    "set-aside-data",
+    "set-aside",
+    "moved-data",
+    "moved",
+    "manifest",
+    "cleaned",
+)
+MANIFEST = "manifest.json"
+PENDING = "pending-manifest.json"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one job's output goes in OUTPUT."""
+
+    label: str
+    session: str = ""
+
+    @property
+    def tag(self) -> str:
+        return self.label + (f"-{self.session}" if self.session else "")
+
+    @property
+    def data(self) -> str:
+        return f"sub-{self.label}" + (f"/ses-{self.session}" if self.session else "")
+
+    @property
+    def deriv(self) -> str:
+        return f"derivatives/bidsapp/{self.data}"
+
+    @property
+    def manifest(self) -> str:
+        return f"{self.deriv}/{MANIFEST}"
+
+    @property
+    def parts(self) -> tuple[tuple[str, str], ...]:
+        return (("data", self.data), ("deriv", self.deriv))
+
+
+def fault(point: str) -> None:
+    """Kill this process at a named protocol step when the test environment asks for it."""
+    if os.environ.get(FAULT_ENV) == point:
+        logger.warning("fault injection: killing the process at '{}'", point)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def init_shared(store: Store) -> None:
+    """Create the shared folders before jobs fan out."""
+    for folder in SHARED_FOLDERS:
+        store.make_folder(folder)
+
+
+def read_manifest(store: Store, target: Target) -> dict[str, Any] | None:
+    """The manifest if present and parseable."""
+    if not store.exists(target.manifest):
+        return None
+    try:
+        data: dict[str, Any] = json.loads(store.read_bytes(target.manifest))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("files"), list) or not data["files"]:
+        return None
+    return data
+
+
+def verify(store: Store, manifest: dict[str, Any]) -> bool:
+    """Every file the manifest lists is present with its md5."""
+    try:
+        for item in manifest["files"]:
+            if not store.exists(item["path"]) or store.md5(item["path"]) != item["md5"]:
+                return False
+    except (OSError, KeyError, TypeError, ValueError):
+        return False  # a damaged publication (a folder where a file was, a hand-edited entry)
+    return True
+
+
+def published_manifest(store: Store, target: Target) -> dict[str, Any] | None:
+    """The manifest of a complete publication, else None."""
+    manifest = read_manifest(store, target)
+    return manifest if manifest is not None and verify(store, manifest) else None
+
+
+def _parent(path: str) -> str:
+    return path.rsplit("/", 1)[0] if "/" in path else ""
+
+
+def _runs(store: Store, folder: str, tag: str) -> list[str]:
+    if not store.exists(folder):
+        return []
+    prefix = f"{tag}-"
+    return [
+        e.name
+        for e in store.list(folder)
+        if e.is_dir and e.name.startswith(prefix) and "-" not in e.name[len(prefix) :]
+    ]
+
+
+def repair(store: Store, target: Target) -> list[str]:
+    """Finish or drop whatever an interrupted publish of this target left; returns actions."""
+    actions: list[str] = []
+    for run in sorted(_runs(store, ".bidsapp/incoming", target.tag)):
+        incoming, replaced = f".bidsapp/incoming/{run}", f".bidsapp/replaced/{run}"
+        if not store.exists(f"{incoming}/{PENDING}"):
+            # The upload never finished; the published copy was never touched.
+            store.remove(incoming)
+            actions.append("dropped an unfinished upload")
+            continue
+        for part, path in target.parts:
+            if not store.exists(f"{incoming}/{part}"):
+                continue  # already moved into place
+            if store.exists(path):
+                if store.exists(f"{replaced}/{part}"):
+                    store.remove(path)
+                else:
+                    store.make_folder(replaced)
+                    store.move(path, f"{replaced}/{part}")
+            store.make_folder(_parent(path))
+            store.move(f"{incoming}/{part}", path)
+        store.write_bytes(target.manifest, store.read_bytes(f"{incoming}/{PENDING}"))
+        store.remove(replaced)
+        store.remove(incoming)
+        actions.append("finished an interrupted publish")
+    for run in _runs(store, ".bidsapp/replaced", target.tag):
+        store.remove(f".bidsapp/replaced/{run}")
+        actions.append("removed a replaced copy")
+    return actions
+
+
+def publish(
+    store: Store, target: Target, data_dir: Path, deriv_dir: Path, manifest: dict[str, Any]
+) -> dict[str, Any]:
+    """Upload, verify, swap in and write the manifest; returns the manifest written."""
+    run = manifest["run_id"]
+    incoming, replaced = (
+        f".bidsapp/incoming/{target.tag}-{run}",
+        f".bidsapp/replaced/{target.tag}-{run}",
+    )
+    files: list[dict[str, Any]] = []
+    local_files = [
+        (part, src, path)
+        for (part, path), src in zip(target.parts, (data_dir, deriv_dir), strict=True)
+    ]
+    uploads = [
+        (part, f, path, f.relative_to(src).as_posix())
+        for part, src, path in local_files
+        for f in sorted(src.rglob("*"))
+        if f.is_file()
+    ]
+    for n, (part, f, path, rel) in enumerate(uploads):
+        md5 = store.upload(f, f"{incoming}/{part}/{rel}")
+        files.append({"path": f"{path}/{rel}", "size": f.stat().st_size, "md5": md5})
+        if n == len(uploads) // 2:
+            fault("upload")
+    fault("uploaded")
+    manifest = {**manifest, "files": files}
+    store.write_bytes(f"{incoming}/{PENDING}", json.dumps(manifest, indent=2).encode() + b"\n")
+    fault("pending")
+
+    for n, (part, path) in enumerate(target.parts):
+        if store.exists(path):
+            store.make_folder(replaced)
+            store.move(path, f"{replaced}/{part}")
+        fault("set-aside-data" if n == 0 else "set-aside")
+    for n, (part, path) in enumerate(target.parts):
+        store.make_folder(_parent(path))
+        store.move(f"{incoming}/{part}", path)
+        fault("moved-data" if n == 0 else "moved")
+    store.write_bytes(target.manifest, json.dumps(manifest, indent=2).encode() + b"\n")
+    fault("manifest")
+    store.remove(replaced)
+    store.remove(incoming)
+    fault("cleaned")
+    return manifest

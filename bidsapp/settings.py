@@ -1,0 +1,71 @@
+"""One frozen settings object, built once in cli.py and passed explicitly.
+
+Precedence: command-line flags, then BIDSAPP_* environment variables, then the defaults here.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_HEURISTIC = "reproin"
+
+
+def env(name: str, default: str) -> str:
+    """A BIDSAPP_* environment variable, or the default."""
+    return os.environ.get(f"BIDSAPP_{name}", default)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything one run of bidsapp needs to know."""
+
+    # -- what to run
+    source: str
+    """Where the exam folders are: a folder (or, with the Drive store, gdrive://…)."""
+    output: str
+    """The BIDS dataset to publish into."""
+    level: str
+    """'participant' or 'group'."""
+    labels: tuple[str, ...] = ()
+    """Participant labels without 'sub-'; empty means every subject in the map."""
+    subject_map: Path | None = None
+    """TSV mapping exam folders to labels (PHI: it stays with the user)."""
+
+    # -- conversion
+    heuristic: str = field(default_factory=lambda: env("HEURISTIC", DEFAULT_HEURISTIC))
+    """A heuristic name from heuristics/ or a path to a heudiconv heuristic file."""
+    force: bool = False
+    """Reconvert even when the published manifest says nothing changed."""
+    dry_run: bool = False
+    """Read listings (and at most DICOM headers); write nothing."""
+    participant_fields: tuple[str, ...] = ()
+    """Demographic fields the user opts into for participants.tsv (age, sex)."""
+
+    # -- work dir
+    work_dir: Path = field(
+        default_factory=lambda: Path(
+            env("WORK_DIR", str(Path(tempfile.gettempdir()) / "bidsapp"))
+        ).absolute()
+    )
+    """Where raw patient data is staged (0700); node-local scratch on a cluster."""
+    keep_work: bool = False
+    """Keep the work dir after the job (it is deleted otherwise, even after a failure)."""
+
+    # -- group
+    init_only: bool = False
+    """group --init: create the shared folders only."""
+
+    # -- logging
+    log_level: str = field(default_factory=lambda: env("LOG_LEVEL", "INFO"))
+    """Console log level; the JSON log always records DEBUG."""
+    argv: tuple[str, ...] = ()
+    """The command line as given (logged redacted)."""
+
+    def to_json(self) -> dict[str, Any]:
+        """Settings for a job's log (paths as strings)."""
+        data = asdict(self)
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in data.items()}

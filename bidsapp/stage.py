@@ -1,0 +1,312 @@
+"""Stage: one subject's exam folder from a store → a verified local DICOM tree in the work dir.
+
+Source names never become local paths: every staged file gets a numbered name, so `..`, absolute
+paths, zip slip, control characters and patient names in file names cannot reach the file system.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import tarfile
+import warnings
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pydicom
+from pydicom import config
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_partial
+from pydicom.tag import BaseTag
+from pydicom.valuerep import VR
+
+from bidsapp.errors import BadInputData
+from bidsapp.stores import Store
+
+DICOMDIR_UID = "1.2.840.10008.1.3.10"
+MAX_ARCHIVE_DEPTH = 3
+PHI_FIELDS = ("PatientName", "PatientID", "OtherPatientIDs", "PatientBirthDate", "AccessionNumber")
+_TM = re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$")
+_DT = re.compile(r"^\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)?)?([+-]\d{4})?$")
+PIXEL_DATA = 0x7FE00010
+UNDEFINED = 0xFFFFFFFF
+_KNOWN_VRS = {vr.value for vr in VR}
+_LONG_VRS = {
+    b"OB",
+    b"OD",
+    b"OF",
+    b"OL",
+    b"OV",
+    b"OW",
+    b"SQ",
+    b"SV",
+    b"UC",
+    b"UN",
+    b"UR",
+    b"UT",
+    b"UV",
+}
+# MR, enhanced MR, CT, enhanced CT, PET, secondary capture: image classes that must have pixels.
+IMAGE_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.4",
+    "1.2.840.10008.5.1.4.1.1.4.1",
+    "1.2.840.10008.5.1.4.1.1.2",
+    "1.2.840.10008.5.1.4.1.1.2.1",
+    "1.2.840.10008.5.1.4.1.1.128",
+    "1.2.840.10008.5.1.4.1.1.7",
+}
+
+
+@dataclass
+class Study:
+    """One StudyInstanceUID's files, staged into their own folder."""
+
+    uid: str
+    started: str  # StudyDate+StudyTime, for acquisition order
+    folder: Path
+    files: int = 0
+
+
+@dataclass
+class StagedExam:
+    """What staging produced and what it set aside (source names kept only in memory)."""
+
+    studies: list[Study]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (source name, reason)
+    corrupt: list[tuple[str, str]] = field(default_factory=list)
+    repaired_dates: int = 0
+    headers: list[dict[str, Any]] = field(default_factory=list)  # distinct PHI field values
+    demographics: dict[str, str] = field(default_factory=dict)
+    files: int = 0
+    bytes: int = 0
+
+
+def stage(store: Store, exam: str, work: Path) -> StagedExam:
+    """Download, unpack, check and sort one exam folder into work/dicom/study-N/."""
+    download = work / "download"
+    download.mkdir(mode=0o700, parents=True, exist_ok=True)
+    pending: list[tuple[str, Path]] = []
+    total_bytes = 0
+    for n, (rel, entry) in enumerate(store.walk(exam)):
+        local = download / f"{n:07d}"
+        store.download(f"{exam}/{rel}" if exam else rel, local)
+        pending.append((rel, local))
+        total_bytes += entry.size
+    if not pending:
+        raise BadInputData(
+            "the exam folder is empty", hint="check the subject map points at the exam"
+        )
+
+    result = StagedExam(studies=[], bytes=total_bytes)
+    by_study: dict[str, list[Path]] = {}
+    started: dict[str, str] = {}
+    seen_headers: set[tuple[str, ...]] = set()
+    for rel, path in _expand(pending, download, 0, result):
+        verdict = _read_dicom(path)
+        if isinstance(verdict, str):
+            target = result.corrupt if verdict.startswith("corrupt") else result.skipped
+            target.append((rel, verdict))
+            path.unlink()
+            continue
+        ds = verdict
+        if _repair_dates(ds):
+            with warnings.catch_warnings(), config.disable_value_validation():
+                warnings.simplefilter("ignore")
+                full = pydicom.dcmread(path, force=True)
+                _repair_dates(full)
+                full.save_as(path)
+            result.repaired_dates += 1
+        uid = str(ds.get("StudyInstanceUID", ""))
+        by_study.setdefault(uid, []).append(path)
+        when = f"{ds.get('StudyDate', '') or ''}{ds.get('StudyTime', '') or ''}"
+        started[uid] = min(started.get(uid, when) or when, when)
+        values = tuple(str(ds.get(k, "") or "") for k in PHI_FIELDS)
+        if values not in seen_headers:
+            seen_headers.add(values)
+            result.headers.append({k: ds.get(k) for k in PHI_FIELDS})
+        if not result.demographics:
+            result.demographics = {
+                "age": str(ds.get("PatientAge", "") or ""),
+                "sex": str(ds.get("PatientSex", "") or ""),
+            }
+
+    if not by_study:
+        what = "only corrupt DICOM files" if result.corrupt else "no DICOM files"
+        raise BadInputData(
+            f"the exam folder holds {what}", hint="check the exam was exported as DICOM"
+        )
+    dicom = work / "dicom"
+    for k, uid in enumerate(sorted(by_study, key=lambda u: (started[u], u)), start=1):
+        folder = dicom / f"study-{k}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for n, path in enumerate(sorted(by_study[uid]), start=1):
+            path.rename(folder / f"{n:06d}.dcm")
+        result.studies.append(Study(uid, started[uid], folder, len(by_study[uid])))
+        result.files += len(by_study[uid])
+    return result
+
+
+def _expand(
+    items: list[tuple[str, Path]], folder: Path, depth: int, result: StagedExam
+) -> Iterator[tuple[str, Path]]:
+    """Yield plain files; unpack archives (member names are shown, never used as paths)."""
+    for rel, path in items:
+        if _has_dicom_magic(path) or not _is_archive(path):
+            yield rel, path
+            continue
+        if depth >= MAX_ARCHIVE_DEPTH:
+            result.skipped.append((rel, "archive nested too deep"))
+            path.unlink()
+            continue
+        members = list(_unpack(path, folder, rel))
+        path.unlink()
+        yield from _expand(members, folder, depth + 1, result)
+
+
+def _is_archive(path: Path) -> bool:
+    return zipfile.is_zipfile(path) or tarfile.is_tarfile(path)
+
+
+def _unpack(archive: Path, folder: Path, rel: str) -> Iterator[tuple[str, Path]]:
+    stem = archive.name
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            for n, info in enumerate(zf.infolist()):
+                if info.is_dir():
+                    continue
+                local = folder / f"{stem}.{n:06d}"
+                with zf.open(info) as src, local.open("wb") as dst:
+                    while block := src.read(1 << 20):
+                        dst.write(block)
+                yield f"{rel}!{info.filename}", local
+        return
+    with tarfile.open(archive) as tf:
+        for n, member in enumerate(tf.getmembers()):
+            if not member.isfile():
+                continue  # links and devices are never followed out of an archive
+            member_file = tf.extractfile(member)
+            if member_file is None:
+                continue
+            local = folder / f"{stem}.{n:06d}"
+            with member_file, local.open("wb") as dst:
+                while block := member_file.read(1 << 20):
+                    dst.write(block)
+            yield f"{rel}!{member.name}", local
+
+
+def _has_dicom_magic(path: Path) -> bool:
+    with path.open("rb") as fh:
+        fh.seek(128)
+        return fh.read(4) == b"DICM"
+
+
+def _header_end(tag: BaseTag, vr: str | None, length: int) -> bool:
+    # Everything staging needs sits in groups 0002-0028; what follows (vendor private groups,
+    # enhanced functional groups) can be most of the header and is left to heudiconv.
+    return bool(tag.group > 0x0028)
+
+
+def _read_dicom(path: Path) -> pydicom.Dataset | str:
+    """The header, or why the file is not used: 'not DICOM …', 'DICOMDIR …' or 'corrupt …'."""
+    magic = _has_dicom_magic(path)
+    try:
+        with path.open("rb") as fh, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom's value warnings can quote patient data
+            ds = read_partial(fh, stop_when=_header_end, force=True)
+            _check_vrs(ds)
+            media_class = str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", ""))
+            if media_class == DICOMDIR_UID or "DirectoryRecordSequence" in ds:
+                return "DICOMDIR (an index, not an image)"
+            if "SOPClassUID" not in ds or "StudyInstanceUID" not in ds:
+                return "corrupt DICOM (no SOP class or study UID)" if magic else "not DICOM"
+            problem = _pixel_problem(fh, ds, path.stat().st_size)
+    except InvalidDicomError:
+        return "corrupt DICOM (unreadable header)" if magic else "not DICOM"
+    except Exception as exc:  # pydicom raises many kinds on damaged input; all mean the same
+        return f"corrupt DICOM ({type(exc).__name__})" if magic else "not DICOM"
+    return f"corrupt DICOM ({problem})" if problem else ds
+
+
+def _pixel_problem(fh: BinaryIO, ds: pydicom.Dataset, size: int) -> str:
+    """Why the pixel data is unusable ('' when fine): missing from an image, or cut short.
+
+    Walks the remaining element headers, seeking over every value (vendor groups and enhanced
+    functional groups can be most of the file), until PixelData; then checks its value fits.
+    """
+    syntax = str(getattr(ds, "file_meta", {}).get("TransferSyntaxUID", "1.2.840.10008.1.2.1"))
+    if syntax == "1.2.840.10008.1.2.2":
+        return ""  # big endian (retired): left to dcm2niix
+    implicit = syntax == "1.2.840.10008.1.2"
+    while len(head := fh.read(8)) == 8:
+        group, element = struct.unpack("<HH", head[:4])
+        if group == 0xFFFE:  # item or delimiter: no VR, 4-byte length
+            (length,) = struct.unpack("<I", head[4:])
+            if element == 0xE000 and length != UNDEFINED:
+                fh.seek(length, 1)
+            continue
+        vr = b"" if implicit else head[4:6]
+        if implicit:
+            (length,) = struct.unpack("<I", head[4:])
+        elif vr in _LONG_VRS:
+            (length,) = struct.unpack("<I", fh.read(4))
+        else:
+            (length,) = struct.unpack("<H", head[6:])
+        tag = (group << 16) | element
+        if tag == PIXEL_DATA:
+            if length == UNDEFINED:  # encapsulated: fragments are dcm2niix's to check
+                return ""
+            return "pixel data truncated" if fh.tell() + length > size else ""
+        if length != UNDEFINED:
+            fh.seek(length, 1)  # an undefined length is a sequence: walk into its items
+    is_image = "Rows" in ds or str(ds.SOPClassUID) in IMAGE_CLASSES
+    return "pixel data missing" if is_image else ""
+
+
+def _bad_value(vr: str, value: str) -> bool:
+    if not value:
+        return False
+    if vr == "DA":
+        try:
+            datetime.strptime(value, "%Y%m%d")
+        except ValueError:
+            return True
+        return False
+    if vr == "TM":
+        return not _TM.match(value)
+    return not _DT.match(value)
+
+
+def _raw_elements(ds: pydicom.Dataset) -> Iterator[tuple[BaseTag, str | None, object]]:
+    """(tag, VR, value) of each top-level element without converting values (most are unused)."""
+    for tag in list(ds.keys()):
+        raw = ds.get_item(tag)
+        if raw is not None:
+            yield tag, raw.VR, raw.value
+
+
+def _check_vrs(ds: pydicom.Dataset) -> None:
+    """A damaged element header (an unknown VR) makes the whole file corrupt."""
+    for tag, vr, _ in _raw_elements(ds):
+        if vr is not None and vr not in _KNOWN_VRS:
+            raise ValueError(f"unknown VR in {tag}")
+
+
+def _repair_dates(ds: pydicom.Dataset) -> bool:
+    """Blank DA/TM/DT values heudiconv cannot parse (e.g. '***'); True when changed.
+
+    Only the header part staging reads (groups up to 0028: study, series, acquisition, content
+    and birth dates and times) is checked: that is where heudiconv parses dates.
+    """
+    changed = False
+    for tag, vr, value in _raw_elements(ds):
+        if vr not in ("DA", "TM", "DT") or value is None:
+            continue
+        text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+        if any(_bad_value(vr, v.strip(" \x00")) for v in text.split("\\")):
+            ds[tag].value = ""
+            changed = True
+    return changed

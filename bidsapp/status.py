@@ -1,0 +1,56 @@
+"""Status records: one small JSON per job in OUTPUT/.bidsapp/status/, the last state it reached."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bidsapp.errors import BidsAppError
+from bidsapp.stores import Store
+
+STATES = ("started", "staged", "converted", "gated", "published", "skipped", "failed")
+
+
+@dataclass
+class StatusRecord:
+    """What `bidsapp status` reads; written at every state change, best effort."""
+
+    label: str
+    session: str
+    run_id: str
+    state: str = "started"
+    exit_code: int | None = None
+    error_class: str = ""
+    retryable: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+    updated: float = 0.0
+
+    @property
+    def path(self) -> str:
+        name = f"sub-{self.label}" + (f"_ses-{self.session}" if self.session else "")
+        return f".bidsapp/status/{name}.json"
+
+    def save(self, store: Store, state: str | None = None) -> None:
+        """Record a state; a status that cannot be written never fails the job by itself."""
+        if state is not None:
+            self.state = state
+        self.updated = time.time()
+        with contextlib.suppress(BidsAppError, OSError):
+            store.write_bytes(self.path, json.dumps(asdict(self), indent=2).encode() + b"\n")
+
+
+def read_all(store: Store) -> list[dict[str, Any]]:
+    """Every status record in OUTPUT."""
+    if not store.exists(".bidsapp/status"):
+        return []
+    records = []
+    for entry in store.list(".bidsapp/status"):
+        if entry.name.endswith(".json"):
+            try:
+                records.append(json.loads(store.read_bytes(f".bidsapp/status/{entry.name}")))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+    return records

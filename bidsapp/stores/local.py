@@ -1,0 +1,174 @@
+"""The local store: folders on disk."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+
+from bidsapp.errors import LocalIOError, LocationNotFound, OutputNotWritable
+from bidsapp.stores import Entry, Store
+
+CHUNK = 1 << 20
+
+
+def file_md5(path: Path) -> str:
+    """md5 of a local file, read in chunks."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as fh:
+        while block := fh.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class LocalStore:
+    """A folder on disk; every path is checked to stay inside it."""
+
+    def __init__(self, root: Path, *, create: bool = False) -> None:
+        self.root = root.expanduser().absolute()
+        if create and not self.root.exists():
+            if not self.root.parent.is_dir():
+                raise LocationNotFound(f"the parent folder of OUTPUT {self.root} does not exist")
+            try:
+                self.root.mkdir()
+            except OSError as exc:
+                raise OutputNotWritable(
+                    f"cannot create OUTPUT {self.root}: {exc.strerror}"
+                ) from exc
+        if not self.root.is_dir():
+            raise LocationNotFound(f"{self.root} is not an existing folder")
+
+    def describe(self) -> str:
+        return str(self.root)
+
+    def _path(self, path: str) -> Path:
+        rel = PurePosixPath(path)
+        if rel.is_absolute() or ".." in rel.parts:
+            raise ValueError(f"store paths are relative and stay inside the store: {path!r}")
+        return self.root.joinpath(*rel.parts)
+
+    def list(self, path: str) -> list[Entry]:
+        folder = self._path(path)
+        if not folder.is_dir():
+            raise LocationNotFound(f"{path or '.'} is not a folder in {self.root}")
+        entries = []
+        for child in sorted(folder.iterdir(), key=lambda p: p.name):
+            st = child.stat()
+            is_dir = child.is_dir()
+            key = "" if is_dir else f"{st.st_size}:{st.st_mtime_ns}"
+            entries.append(Entry(child.name, is_dir, 0 if is_dir else st.st_size, key))
+        return entries
+
+    def walk(self, path: str) -> Iterator[tuple[str, Entry]]:
+        base = self._path(path)
+        if not base.is_dir():
+            raise LocationNotFound(f"{path or '.'} is not a folder in {self.root}")
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames.sort()
+            for name in sorted(filenames):
+                full = Path(dirpath, name)
+                st = full.stat()
+                rel = full.relative_to(base).as_posix()
+                yield rel, Entry(name, False, st.st_size, f"{st.st_size}:{st.st_mtime_ns}")
+
+    def exists(self, path: str) -> bool:
+        return self._path(path).exists()
+
+    def read_bytes(self, path: str) -> bytes:
+        return self._path(path).read_bytes()
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        target = self._path(path)
+        with _writing(target):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+
+    def download(self, path: str, dest: Path) -> str:
+        src = self._path(path)
+        # A copy, never a hard link: later steps rewrite staged files, the source stays untouched.
+        with _reading(dest):
+            shutil.copyfile(src, dest)
+        return file_md5(dest)
+
+    def upload(self, src: Path, path: str) -> str:
+        target = self._path(path)
+        with _writing(target):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, target)
+        local, stored = file_md5(src), file_md5(target)
+        if local != stored:
+            raise LocalIOError(f"copy of {path} does not match its source (md5 differs)")
+        return stored
+
+    def md5(self, path: str) -> str:
+        return file_md5(self._path(path))
+
+    def make_folder(self, path: str) -> None:
+        target = self._path(path)
+        with _writing(target):
+            target.mkdir(parents=True, exist_ok=True)
+
+    def move(self, src: str, dst: str) -> None:
+        target = self._path(dst)
+        if target.exists():
+            raise FileExistsError(f"{dst} exists")
+        with _writing(target):
+            os.rename(self._path(src), target)
+
+    def remove(self, path: str) -> None:
+        target = self._path(path)
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target, ignore_errors=False)
+        else:
+            target.unlink(missing_ok=True)
+
+    @contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        path = self._path(f".bidsapp/locks/{name}.lock")
+        with _writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fh = path.open("a")
+        try:
+            # flock dies with the process, so a killed job never leaves a stale lock behind.
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            fh.close()
+
+
+@contextmanager
+def _writing(target: Path) -> Iterator[None]:
+    """Turn OS errors while writing OUTPUT into the documented exit codes."""
+    try:
+        yield
+    except PermissionError as exc:
+        raise OutputNotWritable(f"cannot write {target}: permission denied") from exc
+    except OSError as exc:
+        if exc.errno in (errno.EROFS, errno.EACCES):
+            raise OutputNotWritable(f"cannot write {target}: {exc.strerror}") from exc
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+            raise LocalIOError(f"cannot write {target}: {exc.strerror}") from exc
+        raise
+
+
+@contextmanager
+def _reading(dest: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError) and not dest.parent.exists():
+            raise LocalIOError(f"work dir vanished while staging: {exc.strerror}") from exc
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+            raise LocalIOError(f"cannot stage into {dest.parent}: {exc.strerror}") from exc
+        raise
+
+
+_CHECK: Store = LocalStore.__new__(LocalStore)  # mypy proves LocalStore implements Store

@@ -1,0 +1,311 @@
+"""Bad input: the documented exit code, one console ERROR line, no traceback, nothing published.
+
+Corrupt files mixed with good ones and `***` dates are not fatal: the good data is published.
+Nothing a job prints names the patient (exam folder name, header values).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import nibabel as nib
+import pydicom
+import pytest
+from conftest import T1_ONLY, MakeExam, RunCli, error_lines, need, published_files
+from pydicom import config
+from pydicom.dataset import Dataset, FileMetaDataset
+
+from bidsapp.synthetic import Patient, write_session
+
+FOLDER = "Zyxwvut Qqqq"  # an exam folder named after the patient, as exports often are
+PATIENT = Patient(
+    name="Zyxwvut^Qqqq", patient_id="QX7731Z", birth_date="19620817", accession="ACC99172"
+)
+PHI = ("Zyxwvut", "Qqqq", "QX7731Z", "19620817", "1962-08-17", "ACC99172")
+NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+T1W = "sub-01/anat/sub-01_T1w.nii.gz"
+
+
+def output_text(result: subprocess.CompletedProcess[str]) -> str:
+    return result.stdout + result.stderr
+
+
+def assert_nothing_published(output: Path) -> None:
+    if not output.exists():
+        return
+    assert not list(output.glob("sub-*"))
+    assert not list(output.glob("derivatives/bidsapp/sub-*"))
+    assert published_files(output) == []
+
+
+def assert_fails(
+    result: subprocess.CompletedProcess[str], code: int, output: Path, *words: str
+) -> None:
+    """The exit code, exactly one ERROR line naming the problem, no traceback, nothing published."""
+    text = output_text(result)
+    assert result.returncode == code, text
+    assert "Traceback" not in text
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1, text
+    for word in words:
+        assert word.lower() in errors[0].lower(), errors[0]
+    assert_nothing_published(output)
+
+
+def assert_published_t1w(result: subprocess.CompletedProcess[str], output: Path) -> None:
+    text = output_text(result)
+    assert result.returncode == 0, text
+    assert "Traceback" not in text
+    assert error_lines(result.stderr) == [], text
+    assert (output / T1W).is_file(), published_files(output)
+
+
+def assert_no_phi(result: subprocess.CompletedProcess[str]) -> None:
+    text = output_text(result).lower()
+    for value in (FOLDER, *PHI):
+        assert value.lower() not in text, f"{value!r} printed"
+
+
+def write_map(path: Path, source: str, participant: str = "01") -> Path:
+    path.write_text(f"source\tparticipant\tsession\n{source}\t{participant}\t\n", encoding="utf-8")
+    return path
+
+
+def dicomdir_like(path: Path) -> None:
+    """A media index (DICOMDIR) with no image in it."""
+    ds = Dataset()
+    ds.FileSetID = "EXPORT"
+    ds.DirectoryRecordSequence = []
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"
+    ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+
+
+# -- 1, 2, 9: selection, locations, command line ------------------------------------------------
+
+
+def test_unknown_label(bidsapp: RunCli, make_exam: MakeExam, tmp_path: Path) -> None:
+    make_exam("01")
+    out = tmp_path / "out"
+    result = bidsapp(tmp_path / "source", out, "participant", "--participant-label", "02")
+    assert_fails(result, 18, out, "sub-02")
+
+
+def test_missing_source(bidsapp: RunCli, tmp_path: Path) -> None:
+    source, out = tmp_path / "no-such-source", tmp_path / "out"
+    result = bidsapp(source, out, "participant")
+    assert_fails(result, 66, out, str(source))
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "words"),
+    [
+        (["foo"], 17, ["analysis level", "foo"]),
+        (["participant", "--bogus"], 64, ["--bogus"]),
+    ],
+    ids=["unknown-level", "unknown-option"],
+)
+def test_command_line(
+    bidsapp: RunCli,
+    make_exam: MakeExam,
+    tmp_path: Path,
+    args: list[str],
+    code: int,
+    words: list[str],
+) -> None:
+    make_exam("01")
+    out = tmp_path / "out"
+    assert_fails(bidsapp(tmp_path / "source", out, *args), code, out, *words)
+
+
+# -- 3, 10: no DICOM at all ---------------------------------------------------------------------
+
+
+def test_empty_exam_folder(bidsapp: RunCli, tmp_path: Path) -> None:
+    (tmp_path / "source" / "01").mkdir(parents=True)
+    out = tmp_path / "out"
+    assert_fails(bidsapp(tmp_path / "source", out, "participant"), 65, out, "empty")
+
+
+def test_exam_without_dicom(bidsapp: RunCli, tmp_path: Path) -> None:
+    exam = tmp_path / "source" / FOLDER
+    exam.mkdir(parents=True)
+    (exam / "notes.txt").write_text("exported 2024-01-02\n")
+    (exam / "report.pdf").write_bytes(
+        b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n%%EOF\n"
+    )
+    (exam / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + bytes(range(256)) * 4)
+    dicomdir_like(exam / "DICOMDIR")
+    out = tmp_path / "out"
+    subject_map = write_map(tmp_path / "map.tsv", FOLDER)
+    result = bidsapp(tmp_path / "source", out, "participant", "--subject-map", subject_map)
+    assert_fails(result, 65, out, "no DICOM")
+    assert_no_phi(result)
+
+
+# -- 4, 10: corrupt files beside good ones ------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_corrupt_files_are_skipped(bidsapp: RunCli, make_exam: MakeExam, tmp_path: Path) -> None:
+    exam = make_exam(FOLDER, patient=PATIENT)
+    good = sorted(exam.rglob("*.dcm"))[0].read_bytes()
+    garbage = bytes((i * 97 + 13) % 256 for i in range(4096))
+    (exam / "garbage.dcm").write_bytes(b"\x00" * 128 + b"DICM" + garbage)
+    (exam / "half.dcm").write_bytes(good[: len(good) // 2])  # a copy: all 32 slices stay
+    (exam / "readme.txt").write_text("scanner export\n")
+    out = tmp_path / "out"
+    subject_map = write_map(tmp_path / "map.tsv", FOLDER)
+    result = bidsapp(tmp_path / "source", out, "participant", "--subject-map", subject_map)
+    assert_published_t1w(result, out)
+    assert_no_phi(result)
+    assert nib.load(out / T1W).shape == (48, 48, 32)
+    gate = json.loads((out / "derivatives/bidsapp/sub-01/gate.json").read_text())
+    reasons = {item["file"]: item["reason"] for item in gate["skipped_files"]}
+    assert sorted(reasons) == ["garbage.dcm", "half.dcm", "readme.txt"], reasons
+    assert "corrupt" in reasons["garbage.dcm"]
+    assert "corrupt" in reasons["half.dcm"]
+    assert "not DICOM" in reasons["readme.txt"]
+
+
+@pytest.mark.slow
+def test_corrupt_header_element_is_skipped(
+    bidsapp: RunCli, make_exam: MakeExam, tmp_path: Path
+) -> None:
+    """A copy whose SeriesTime element has a garbled VR parses lazily, then fails on access."""
+    exam = make_exam("01")
+    good = sorted(exam.rglob("*.dcm"))[0].read_bytes()
+    series_time = b"\x08\x00\x31\x00TM"  # (0008,0031) explicit VR little endian
+    assert series_time in good
+    (exam / "garbled.dcm").write_bytes(good.replace(series_time, series_time[:5] + b"\x89", 1))
+    out = tmp_path / "out"
+    assert_published_t1w(bidsapp(tmp_path / "source", out, "participant"), out)
+    gate = json.loads((out / "derivatives/bidsapp/sub-01/gate.json").read_text())
+    reasons = {item["file"]: item["reason"] for item in gate["skipped_files"]}
+    assert "corrupt" in reasons.get("garbled.dcm", ""), reasons
+
+
+# -- 5: OUTPUT not writable ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A world-readable temp dir (tmp_path is inside a 0700 folder that nobody cannot read)."""
+    base = Path(tempfile.mkdtemp(prefix="bidsapp-bad-input-", dir="/tmp"))
+    base.chmod(0o755)
+    try:
+        yield base
+    finally:
+        for path in [base, *base.rglob("*")]:
+            if path.is_dir() and not path.is_symlink():
+                path.chmod(0o755)
+        shutil.rmtree(base)
+
+
+def unprivileged_prefix(cwd: Path) -> tuple[str, ...]:
+    """Root ignores file modes: run as nobody (as anyone else, run as is)."""
+    if os.geteuid() != 0:
+        return ()
+    need(shutil.which("setpriv") is not None, "setpriv (util-linux) is not installed")
+    probe = subprocess.run(
+        [*NOBODY, sys.executable, "-c", "import bidsapp.cli"],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        check=False,
+    )
+    need(
+        probe.returncode == 0,
+        f"uid 65534 cannot run {sys.executable} -c 'import bidsapp.cli' (the venv and the repo "
+        f"must be readable by others): {probe.stderr.strip().splitlines()[-1:]}",
+    )
+    return NOBODY
+
+
+@pytest.mark.parametrize("variant", ["existing-read-only", "missing-parent-read-only"])
+def test_output_not_writable(bidsapp: RunCli, open_dir: Path, variant: str) -> None:
+    prefix = unprivileged_prefix(open_dir)
+    source = open_dir / "source"
+    write_session(source / "01", series=T1_ONLY, seed=1)
+    for path in [source, *source.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    work = open_dir / "work"
+    work.mkdir()
+    work.chmod(0o777)
+    readonly = open_dir / "readonly"
+    readonly.mkdir()
+    out = readonly if variant == "existing-read-only" else readonly / "out"
+    readonly.chmod(0o555)
+    result = bidsapp(source, out, "participant", "--work-dir", work, work=False, prefix=prefix)
+    assert_fails(result, 73, out, "cannot", str(out))
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+# -- 6, 7: heuristics, labels, subject map ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("heuristic", "text", "words"),
+    [
+        ("no_such_heuristic", None, ["no heuristic named", "no_such_heuristic"]),
+        ("missing.py", None, ["does not exist", "missing.py"]),
+        ("broken.py", "def infotodict(seqinfo:\n    return {}\n", ["does not load", "SyntaxError"]),
+        ("no_infotodict.py", "def create_key(template):\n    return template\n", ["infotodict"]),
+    ],
+    ids=["unknown-name", "missing-path", "syntax-error", "no-infotodict"],
+)
+def test_bad_heuristic(
+    bidsapp: RunCli,
+    make_exam: MakeExam,
+    tmp_path: Path,
+    heuristic: str,
+    text: str | None,
+    words: list[str],
+) -> None:
+    make_exam("01")
+    spec = str(tmp_path / heuristic) if heuristic.endswith(".py") else heuristic
+    if text is not None:
+        Path(spec).write_text(text)
+    out = tmp_path / "out"
+    result = bidsapp(tmp_path / "source", out, "participant", "--heuristic", spec)
+    assert_fails(result, 64, out, *words)
+
+
+@pytest.mark.parametrize(
+    ("label", "in_map"),
+    [("a_b", False), ("../x", False), ("sub-01!", True)],
+    ids=["underscore", "dotdot", "map-bang"],
+)
+def test_invalid_label(
+    bidsapp: RunCli, make_exam: MakeExam, tmp_path: Path, label: str, in_map: bool
+) -> None:
+    make_exam("01")
+    out = tmp_path / "out"
+    if in_map:
+        args = ["--subject-map", str(write_map(tmp_path / "map.tsv", "01", label))]
+    else:
+        args = ["--participant-label", label]
+    result = bidsapp(tmp_path / "source", out, "participant", *args)
+    assert_fails(result, 64, out, "invalid participant label", label)
+
+
+# -- 8: anonymised `***` dates ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_star_dates_convert(bidsapp: RunCli, make_exam: MakeExam, tmp_path: Path) -> None:
+    exam = make_exam("01", patient=Patient(birth_date="***"), study_date="***")
+    with config.disable_value_validation():
+        ds = pydicom.dcmread(sorted(exam.rglob("*.dcm"))[0], stop_before_pixels=True)
+    assert (ds.StudyDate, ds.SeriesDate, ds.AcquisitionDate, ds.PatientBirthDate) == ("***",) * 4
+    out = tmp_path / "out"
+    assert_published_t1w(bidsapp(tmp_path / "source", out, "participant"), out)

@@ -1,0 +1,263 @@
+"""The real pipeline (heudiconv, dcm2niix, validator) on synthetic exams, local → local."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bidsapp.publish import FAULT_POINTS
+from bidsapp.synthetic import Patient, Series
+from tests.conftest import MakeExam, RunCli, published_files
+
+pytestmark = pytest.mark.slow
+
+T1 = ["sub-01/anat/sub-01_T1w.json", "sub-01/anat/sub-01_T1w.nii.gz", "sub-01/sub-01_scans.tsv"]
+DERIV = ["gate.json", "log.jsonl", "manifest.json"]
+
+
+def manifest(output: Path, target: str = "sub-01") -> dict:
+    return json.loads((output / f"derivatives/bidsapp/{target}/manifest.json").read_text())
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file (bookkeeping aside) with its size and mtime: proves a tree was not touched."""
+    return {
+        p.relative_to(folder).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and ".bidsapp" not in p.relative_to(folder).parts
+    }
+
+
+def test_participant_group_rerun_and_force(
+    tmp_path: Path, make_exam: MakeExam, bidsapp: RunCli, work_dir: Path
+) -> None:
+    make_exam("01")
+    source, output = tmp_path / "source", tmp_path / "out"
+    first = bidsapp(source, output, "participant", "--participant-label", "01")
+    assert first.returncode == 0, first.stderr
+    assert [f for f in published_files(output) if f.startswith("sub-")] == T1
+    assert list(work_dir.iterdir()) == [], "the work dir is removed after success"
+    assert (work_dir.stat().st_mode & 0o777) == 0o700
+    m1 = manifest(output)
+    assert {f["path"] for f in m1["files"]} == set(T1) | {
+        "derivatives/bidsapp/sub-01/gate.json",
+        "derivatives/bidsapp/sub-01/log.jsonl",
+    }
+    assert m1["versions"]["heudiconv"] and m1["heuristic"] == "reproin"
+    before = snapshot(output)
+
+    again = bidsapp(source, output, "participant", "--participant-label", "sub-01")
+    assert again.returncode == 0
+    assert "nothing to do" in again.stderr
+    assert snapshot(output) == before, "a rerun with the same inputs publishes nothing"
+
+    forced = bidsapp(source, output, "participant", "--participant-label", "01", "--force")
+    assert forced.returncode == 0, forced.stderr
+    m2 = manifest(output)
+    assert m2["run_id"] != m1["run_id"]
+    # dcm2niix is deterministic: a reconversion gives the same data files.
+    assert {f["path"]: f["md5"] for f in m2["files"] if f["path"].endswith(".nii.gz")} == {
+        f["path"]: f["md5"] for f in m1["files"] if f["path"].endswith(".nii.gz")
+    }
+    assert not any((output / ".bidsapp/incoming").iterdir())
+    assert not any((output / ".bidsapp/replaced").iterdir())
+
+    group = bidsapp(source, output, "group")
+    assert group.returncode == 0, group.stderr
+    description = json.loads((output / "dataset_description.json").read_text())
+    assert description["GeneratedBy"][0]["Name"] == "bidsapp"
+    assert (output / "participants.tsv").read_text() == "participant_id\nsub-01\n"
+
+
+def test_keep_work_keeps_a_private_work_dir(
+    tmp_path: Path, make_exam: MakeExam, bidsapp: RunCli, work_dir: Path
+) -> None:
+    make_exam("01")
+    result = bidsapp(tmp_path / "source", tmp_path / "out", "participant", "--keep-work")
+    assert result.returncode == 0, result.stderr
+    (job,) = list(work_dir.iterdir())
+    assert job.name.startswith("sub-01-")
+    assert (job.stat().st_mode & 0o777) == 0o700
+    assert (job / "dicom" / "study-1").is_dir() and (job / "heudiconv" / ".heudiconv").is_dir()
+
+
+def test_new_session_leaves_other_sessions_untouched(
+    tmp_path: Path, make_exam: MakeExam, bidsapp: RunCli
+) -> None:
+    make_exam("exam-a", seed=1, study_date="20240102")
+    source, output = tmp_path / "source", tmp_path / "out"
+    subject_map = tmp_path / "map.tsv"
+    subject_map.write_text("source\tparticipant\tsession\nexam-a\t01\tpre\n")
+    first = bidsapp(source, output, "participant", "--subject-map", subject_map)
+    assert first.returncode == 0, first.stderr
+    pre = snapshot(output / "sub-01" / "ses-pre")
+    pre_deriv = snapshot(output / "derivatives/bidsapp/sub-01/ses-pre")
+    assert "anat/sub-01_ses-pre_T1w.nii.gz" in pre
+
+    make_exam("exam-b", seed=2, study_date="20240301")
+    subject_map.write_text(subject_map.read_text() + "exam-b\t01\tpost\n")
+    second = bidsapp(source, output, "participant", "--subject-map", subject_map)
+    assert second.returncode == 0, second.stderr
+    assert "ses-pre is published and up to date" in second.stderr
+    assert snapshot(output / "sub-01" / "ses-pre") == pre
+    assert snapshot(output / "derivatives/bidsapp/sub-01/ses-pre") == pre_deriv
+    assert (output / "sub-01/ses-post/anat/sub-01_ses-post_T1w.nii.gz").is_file()
+
+    group = bidsapp(source, output, "group")
+    assert group.returncode == 0, group.stderr
+    sessions = (output / "sub-01/sub-01_sessions.tsv").read_text().split()
+    assert sessions == ["session_id", "ses-post", "ses-pre"]
+
+
+def test_exam_with_two_studies_becomes_sessions_in_acquisition_order(
+    tmp_path: Path, make_exam: MakeExam, bidsapp: RunCli
+) -> None:
+    # The later study sits in the folder whose name sorts first.
+    make_exam("01/a_second", seed=2, study_date="20240301")
+    make_exam("01/b_first", seed=1, study_date="20240102")
+    output = tmp_path / "out"
+    result = bidsapp(tmp_path / "source", output, "participant")
+    assert result.returncode == 0, result.stderr
+    scans1 = (output / "sub-01/ses-1/sub-01_ses-1_scans.tsv").read_text()
+    scans2 = (output / "sub-01/ses-2/sub-01_ses-2_scans.tsv").read_text()
+    assert "2024-01-02" in scans1 and "2024-03-01" in scans2
+
+
+@pytest.mark.parametrize("point", FAULT_POINTS)
+def test_killed_at_every_publish_step_then_rerun(
+    point: str, tmp_path: Path, make_exam: MakeExam, bidsapp: RunCli
+) -> None:
+    make_exam("01")
+    source, output = tmp_path / "source", tmp_path / "out"
+    assert bidsapp(source, output, "participant").returncode == 0
+    old = manifest(output)
+
+    killed = bidsapp(source, output, "participant", "--force", env={"BIDSAPP_FAULT_AT": point})
+    assert killed.returncode == -9, f"the fault point {point} was never reached: {killed.stderr}"
+
+    rerun = bidsapp(source, output, "participant")
+    assert rerun.returncode == 0, rerun.stderr
+    final = manifest(output)
+    # Killed before the verified upload was recorded: the old copy stands; after: the new one.
+    new_expected = FAULT_POINTS.index(point) >= FAULT_POINTS.index("pending")
+    assert (final["run_id"] != old["run_id"]) == new_expected
+    on_disk = {f for f in published_files(output) if not f.endswith("manifest.json")}
+    assert on_disk == {f["path"] for f in final["files"]}, "exactly one complete copy"
+    assert not any((output / ".bidsapp/incoming").iterdir())
+    assert not any((output / ".bidsapp/replaced").iterdir())
+    assert [p.name for p in (output / "derivatives/bidsapp").iterdir()] == ["sub-01"]
+
+
+def test_four_jobs_at_once_then_group_keeps_curated_column(
+    tmp_path: Path, make_exam: MakeExam, bidsapp: RunCli, work_dir: Path
+) -> None:
+    for n in range(1, 5):
+        make_exam(f"0{n}", seed=n)
+    source, output = tmp_path / "source", tmp_path / "out"
+    assert bidsapp(source, output, "group", "--init").returncode == 0
+    (output / "participants.tsv").write_text("participant_id\thandedness\nsub-02\tleft\n")
+    (output / "README.md").write_text("# Curated README\n\nWritten by a person.\n")
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bidsapp.cli",
+                str(source),
+                str(output),
+                "participant",
+                "--participant-label",
+                f"0{n}",
+                "--work-dir",
+                str(work_dir),
+                "--participant-fields",
+                "age,sex",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(1, 5)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+    group = bidsapp(source, output, "group", "--participant-fields", "age,sex")
+    assert group.returncode == 0, group.stderr
+    with (output / "participants.tsv").open() as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    assert [r["participant_id"] for r in rows] == ["sub-01", "sub-02", "sub-03", "sub-04"]
+    assert rows[1]["handedness"] == "left" and rows[0]["handedness"] == "n/a"
+    assert all(r["age"] == "54" and r["sex"] == "O" for r in rows)
+    assert (output / "README.md").read_text().startswith("# Curated README")
+    report = json.loads((output / ".bidsapp/group-validation.json").read_text())
+    assert [i for i in report["issues"]["issues"] if i["severity"] == "error"] == []
+
+
+def test_patient_data_stays_out_of_everything(
+    tmp_path: Path, make_exam: MakeExam, bidsapp: RunCli
+) -> None:
+    patient = Patient(
+        name="Conceição^Zélia", patient_id="HX99812", birth_date="19640229", accession="ACC77123"
+    )
+    make_exam(
+        "Conceicao Zelia",
+        patient=patient,
+        series=(Series("anat-T1w", "t1w"),),
+        file_names="{patient}_{instance:04d}.IMA",
+    )
+    subject_map = tmp_path / "map.tsv"
+    subject_map.write_text("source\tparticipant\tsession\nConceicao Zelia\t01\t\n")
+    output = tmp_path / "out"
+    result = bidsapp(tmp_path / "source", output, "participant", "--subject-map", subject_map)
+    assert result.returncode == 0, result.stderr
+    assert bidsapp(tmp_path / "source", output, "group").returncode == 0
+    everything = result.stdout + result.stderr
+    for path in output.rglob("*"):
+        everything += path.name + "\n"
+        if path.is_file() and not path.name.endswith(".nii.gz"):
+            everything += path.read_text(errors="replace")
+    lowered = everything.lower()
+    for value in (
+        "conceicao",
+        "conceição",
+        "zelia",
+        "zélia",
+        "hx99812",
+        "19640229",
+        "1964-02-29",
+        "acc77123",
+    ):
+        assert value not in lowered
+
+
+def test_dry_run_writes_nothing(tmp_path: Path, make_exam: MakeExam, bidsapp: RunCli) -> None:
+    make_exam("01")
+    output = tmp_path / "out"
+    output.mkdir()
+    result = bidsapp(tmp_path / "source", output, "participant", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "would be converted" in result.stderr
+    assert list(output.iterdir()) == []
+
+
+def test_demo_runs_from_scratch(tmp_path: Path) -> None:
+    env = {**os.environ, "BIDSAPP_WORK_DIR": str(tmp_path / "w")}
+    result = subprocess.run(
+        [sys.executable, "-m", "bidsapp.cli", "demo", "--dir", str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "sub-02_task-rest_bold.nii.gz" in result.stdout
+    assert (tmp_path / "demo/bids/sub-01/func/sub-01_task-rest_bold.nii.gz").is_file()
+    assert "souza" not in (result.stdout + result.stderr).lower()
