@@ -134,12 +134,13 @@ def run_job(
                     log.warning("repaired OUTPUT: {}", action)
         manifest = published_manifest(output, target)
         if manifest and not settings.force and _up_to_date(manifest, fp, settings):
-            log.info("{} is published and up to date: nothing to do", subject.job_name)
+            log.info("published and up to date: nothing to do")
             if not settings.dry_run:
+                status.exit_code = 0
                 status.save(output, "skipped")
             return JobResult(subject.job_name, "skipped", 0)
         if settings.dry_run:
-            log.info("dry run: {} would be converted and published", subject.job_name)
+            log.info("dry run: would be converted and published")
             return JobResult(subject.job_name, "dry-run", 0)
         status.save(output, "started")
 
@@ -151,9 +152,10 @@ def run_job(
         )
         logs.redactor.add_identifiers(ids)
         log.info(
-            "staged {} DICOM files in {} studies ({} skipped, {} corrupt, {} with dates repaired)",
+            "staged {} DICOM files in {} stud{} ({} skipped, {} corrupt, {} with dates repaired)",
             staged.files,
             len(staged.studies),
+            "y" if len(staged.studies) == 1 else "ies",
             len(staged.skipped),
             len(staged.corrupt),
             staged.repaired_dates,
@@ -199,7 +201,7 @@ def run_job(
         if not report.passed:
             where = _save_failure(output, subject, ids, report)
             raise GateFailed(
-                f"{subject.job_name} failed its gate: {report.failure}; nothing was published",
+                f"failed its gate: {report.failure}; nothing was published",
                 report.exit_code,
                 hint=f"see {where}",
             )
@@ -225,7 +227,7 @@ def run_job(
         status.timings["total"] = round(time.monotonic() - started, 3)
         status.exit_code = 0
         status.save(output, "published")
-        log.info("published {} ({} files)", subject.job_name, len(published["files"]))
+        log.info("published ({} files)", len(published["files"]))
         return JobResult(subject.job_name, "published", 0)
     except BidsAppError as exc:
         message = logs.redactor(exc.one_line())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from bidsapp.publish import FAULT_POINTS
 from bidsapp.synthetic import Patient, Series
-from tests.conftest import MakeExam, RunCli, published_files
+from tests.conftest import MakeExam, RunCli, need, published_files
 
 pytestmark = pytest.mark.slow
 
@@ -104,7 +105,7 @@ def test_new_session_leaves_other_sessions_untouched(
     subject_map.write_text(subject_map.read_text() + "exam-b\t01\tpost\n")
     second = bidsapp(source, output, "participant", "--subject-map", subject_map)
     assert second.returncode == 0, second.stderr
-    assert "ses-pre is published and up to date" in second.stderr
+    assert "sub-01 ses-pre published and up to date" in second.stderr
     assert snapshot(output / "sub-01" / "ses-pre") == pre
     assert snapshot(output / "derivatives/bidsapp/sub-01/ses-pre") == pre_deriv
     assert (output / "sub-01/ses-post/anat/sub-01_ses-post_T1w.nii.gz").is_file()
@@ -247,10 +248,17 @@ def test_dry_run_writes_nothing(tmp_path: Path, make_exam: MakeExam, bidsapp: Ru
     assert list(output.iterdir()) == []
 
 
-def test_demo_runs_from_scratch(tmp_path: Path) -> None:
-    env = {**os.environ, "BIDSAPP_WORK_DIR": str(tmp_path / "w")}
+def test_demo_runs_offline_without_shared_data(tmp_path: Path) -> None:
+    # A network namespace with nothing but loopback proves the demo needs no network.
+    offline = ["unshare", "--net"] if os.geteuid() == 0 and shutil.which("unshare") else []
+    need(bool(offline), "running offline needs root and unshare(1)")
+    env = {
+        **os.environ,
+        "BIDSAPP_WORK_DIR": str(tmp_path / "w"),
+        "BIDSAPP_SHARED_DICOM": "/nonexistent",
+    }
     result = subprocess.run(
-        [sys.executable, "-m", "bidsapp.cli", "demo", "--dir", str(tmp_path / "demo")],
+        [*offline, sys.executable, "-m", "bidsapp.cli", "demo", "--dir", str(tmp_path / "demo")],
         capture_output=True,
         text=True,
         env=env,
