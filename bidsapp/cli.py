@@ -170,9 +170,9 @@ def cmd_status(argv: Sequence[str]) -> int:
         print(json.dumps(rows, indent=2))
     else:
         for r in rows:
-            ses = r["session"] or "-"
+            ses = f"ses-{r['session']}" if r["session"] else "-"
             print(
-                f"sub-{r['label']}\tses-{ses}\t{r['state']}\t{r['exit_code']}\t{r['error_class']}"
+                f"sub-{r['label']}\t{ses}\t{r['state']}\t{r['exit_code']}\t{r['error_class']}"
             )
     return 0
 

@@ -95,43 +95,37 @@ def load_heuristic(spec: str) -> Heuristic:
     return Heuristic(path.stem, path.resolve(), digest, expected)
 
 
-def sessions_for(staged: StagedExam, subject: Subject) -> list[str]:
-    """The session label of each study: the map's, or 1, 2… in acquisition order, or none."""
+def conversion_units(staged: StagedExam, subject: Subject) -> list[tuple[list[Path], str]]:
+    """What each heudiconv run converts, and into which session.
+
+    The map's session takes every study of the exam folder; without one, several studies
+    become sessions 1, 2… in acquisition order, and a single study no session at all.
+    """
+    folders = [study.folder for study in staged.studies]
     if subject.session:
-        return [subject.session] * len(staged.studies)
-    if len(staged.studies) > 1:
-        return [str(k) for k in range(1, len(staged.studies) + 1)]
-    return [""]
+        return [(folders, subject.session)]
+    if len(folders) > 1:
+        return [([folder], str(k)) for k, folder in enumerate(folders, start=1)]
+    return [(folders, "")]
+
+
+def heudiconv_argv(
+    files: list[Path], label: str, session: str, heuristic: Path, out: Path
+) -> list[str]:
+    """The one heudiconv command line bidsapp runs (also what benchmarks compare against)."""
+    argv = ["heudiconv", "--files", *map(str, files), "-s", label, "-f", str(heuristic)]
+    # -l "": output straight into `out` instead of a locator made from the study description;
+    # -g all: the staged folder is one study (or one session) by construction.
+    argv += ["-c", "dcm2niix", "--bids", "notop", "--minmeta", "-o", str(out), "-l", ""]
+    argv += ["-g", "all", "--overwrite"]
+    return argv + (["--ses", session] if session else [])
 
 
 def convert(staged: StagedExam, subject: Subject, heuristic: Heuristic, work: Path) -> Converted:
     """Run heudiconv once per study and collect the subject tree."""
     out = work / "heudiconv"
-    sessions = sessions_for(staged, subject)
-    for study, session in zip(staged.studies, sessions, strict=True):
-        argv = [
-            "heudiconv",
-            "--files",
-            str(study.folder),
-            "-s",
-            subject.label,
-            "-f",
-            str(heuristic.path),
-            "-c",
-            "dcm2niix",
-            "--bids",
-            "notop",
-            "--minmeta",
-            "-o",
-            str(out),
-            "-l",
-            "",
-            "-g",
-            "all",
-            "--overwrite",
-        ]
-        if session:
-            argv += ["--ses", session]
+    for folders, session in conversion_units(staged, subject):
+        argv = heudiconv_argv(folders, subject.label, session, heuristic.path, out)
         try:
             run(argv, cwd=work)
         except ToolFailed as exc:
