@@ -18,8 +18,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
-import nibabel as nib
-import numpy as np
 
 REDACTED = "[REDACTED]"
 FOLDER_FIELD = "ExamFolder"
@@ -424,6 +422,10 @@ def _scan_tsv(text: str, ids: Identifiers) -> Iterator[tuple[str, str]]:
 
 
 def _scan_nifti(path: Path, ids: Identifiers) -> Iterator[tuple[str, str]]:
+    # Imported here: nibabel and numpy cost most of a second, and only the gate needs them.
+    import nibabel as nib
+    import numpy as np
+
     header = nib.load(path).header  # the data stays an unread proxy
     if not isinstance(header, nib.Nifti1Header):  # also Nifti2Header
         return

@@ -6,12 +6,14 @@ paths, zip slip, control characters and patient names in file names cannot reach
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 import tarfile
 import warnings
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -102,37 +104,24 @@ def stage(store: Store, exam: str, work: Path) -> StagedExam:
         )
 
     result = StagedExam(studies=[], bytes=total_bytes)
+    files = list(_expand(pending, download, 0, result))
     by_study: dict[str, list[Path]] = {}
     started: dict[str, str] = {}
     seen_headers: set[tuple[str, ...]] = set()
-    for rel, path in _expand(pending, download, 0, result):
-        verdict = _read_dicom(path)
-        if isinstance(verdict, str):
-            target = result.corrupt if verdict.startswith("corrupt") else result.skipped
-            target.append((rel, verdict))
+    for (rel, path), info in zip(files, _inspect_all([p for _, p in files]), strict=True):
+        if isinstance(info, str):
+            (result.corrupt if info.startswith("corrupt") else result.skipped).append((rel, info))
             path.unlink()
             continue
-        ds = verdict
-        if _repair_dates(ds):
-            with warnings.catch_warnings(), config.disable_value_validation():
-                warnings.simplefilter("ignore")
-                full = pydicom.dcmread(path, force=True)
-                _repair_dates(full)
-                full.save_as(path)
-            result.repaired_dates += 1
-        uid = str(ds.get("StudyInstanceUID", ""))
-        by_study.setdefault(uid, []).append(path)
-        when = f"{ds.get('StudyDate', '') or ''}{ds.get('StudyTime', '') or ''}"
-        started[uid] = min(started.get(uid, when) or when, when)
-        values = tuple(str(ds.get(k, "") or "") for k in PHI_FIELDS)
-        if values not in seen_headers:
-            seen_headers.add(values)
-            result.headers.append({k: ds.get(k) for k in PHI_FIELDS})
-        if not result.demographics:
-            result.demographics = {
-                "age": str(ds.get("PatientAge", "") or ""),
-                "sex": str(ds.get("PatientSex", "") or ""),
-            }
+        result.repaired_dates += info.repaired
+        by_study.setdefault(info.study_uid, []).append(path)
+        previous = started.get(info.study_uid, info.started)
+        started[info.study_uid] = min(previous or info.started, info.started)
+        key = tuple(str(v) for v in info.phi.values())
+        if key not in seen_headers:
+            seen_headers.add(key)
+            result.headers.append(dict(info.phi))
+        result.demographics = result.demographics or info.demographics
 
     if not by_study:
         what = "only corrupt DICOM files" if result.corrupt else "no DICOM files"
@@ -148,6 +137,60 @@ def stage(store: Store, exam: str, work: Path) -> StagedExam:
         result.studies.append(Study(uid, started[uid], folder, len(by_study[uid])))
         result.files += len(by_study[uid])
     return result
+
+
+@dataclass(frozen=True)
+class _Inspected:
+    """What staging keeps of one good DICOM file (plain data: it crosses process boundaries)."""
+
+    study_uid: str
+    started: str
+    phi: dict[str, Any]
+    demographics: dict[str, str]
+    repaired: bool
+
+
+def _inspect_all(paths: list[Path]) -> list[_Inspected | str]:
+    """Inspect files in parallel when there are many: header parsing is CPU-bound."""
+    workers = min(os.cpu_count() or 1, 8)
+    if len(paths) < 64 or workers < 2:
+        return [_inspect(p) for p in paths]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(_inspect, paths, chunksize=32))
+
+
+def _inspect(path: Path) -> _Inspected | str:
+    """Check one file, blank its unparsable dates in place; or say why it is not used."""
+    verdict = _read_dicom(path)
+    if isinstance(verdict, str):
+        return verdict
+    ds = verdict
+    repaired = _repair_dates(ds)
+    if repaired:
+        with warnings.catch_warnings(), config.disable_value_validation():
+            warnings.simplefilter("ignore")
+            full = pydicom.dcmread(path, force=True)
+            _repair_dates(full)
+            full.save_as(path)
+    return _Inspected(
+        study_uid=str(ds.get("StudyInstanceUID", "")),
+        started=f"{ds.get('StudyDate', '') or ''}{ds.get('StudyTime', '') or ''}",
+        phi={k: _plain(ds.get(k)) for k in PHI_FIELDS},
+        demographics={
+            "age": str(ds.get("PatientAge", "") or ""),
+            "sex": str(ds.get("PatientSex", "") or ""),
+        },
+        repaired=repaired,
+    )
+
+
+def _plain(value: object) -> str | list[str]:
+    """A header value as plain strings (PersonName and MultiValue do not cross processes)."""
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+        return [str(v) for v in value]  # type: ignore[attr-defined]
+    return str(value)
 
 
 def _expand(

@@ -7,7 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from bidsapp import __version__
@@ -91,19 +91,29 @@ def versions() -> dict[str, str]:
         except PackageNotFoundError:
             return "missing"
 
-    # `dcm2niix -v` exits 3 by design; its last line is the bare version.
-    dcm2niix = _first_line(["dcm2niix", "-v"], ok_codes=(0, 3))
-    validator = _first_line(["bids-validator-deno", "--version"], ok_codes=(0,))
     return {
         "bidsapp": __version__,
         "heudiconv": pkg("heudiconv"),
-        "dcm2niix": dcm2niix,
-        "bids-validator": _strip_ansi(validator).split()[-1]
-        if validator != "missing"
-        else validator,
+        "dcm2niix": _binary_version("dcm2niix", pkg, ["dcm2niix", "-v"], (0, 3)),
+        "bids-validator": _binary_version(
+            "bids-validator-deno", pkg, ["bids-validator-deno", "--version"], (0,)
+        ),
         "pydicom": pkg("pydicom"),
         "python": sys.version.split()[0],
     }
+
+
+def _binary_version(
+    package: str, pkg: Callable[[str], str], argv: list[str], ok_codes: tuple[int, ...]
+) -> str:
+    """The PyPI wheels ship the binaries beside our interpreter: their package version is the
+    binary's and costs no subprocess. A tool found elsewhere on PATH is asked instead
+    (`dcm2niix -v` exits 3 by design; its last line is the bare version)."""
+    own = Path(sys.executable).parent / argv[0]
+    if which(argv[0]) == str(own) and pkg(package) != "missing":
+        return ("v" if package == "dcm2niix" else "") + pkg(package)
+    answer = _strip_ansi(_first_line(argv, ok_codes=ok_codes))
+    return answer.split()[-1] if answer.split() else "unknown"
 
 
 def _strip_ansi(text: str) -> str:
