@@ -8,11 +8,12 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from loguru import logger
 
 from bidsapp import __version__, logs
+from bidsapp.deid_profiles import profile
 from bidsapp.errors import EXIT_CODES, BidsAppError, UnknownAnalysisLevel, UsageError
 from bidsapp.settings import DEFAULT_HEURISTIC, Settings, env
 from bidsapp.subjects import clean_label
@@ -87,6 +88,33 @@ def bids_app_parser() -> Parser:
         metavar="age,sex",
         help="demographics to record in participants.tsv (off by default)",
     )
+    deid = parser.add_argument_group("de-identification")
+    deid.add_argument(
+        "--deid",
+        default="basic",
+        metavar="PROFILE",
+        help="de-identification profile for sidecars and TSVs: basic (default) or none",
+    )
+    deid.add_argument(
+        "--dates",
+        choices=("keep", "shift", "drop"),
+        default="shift",
+        help="acquisition dates: shifted by a per-subject offset (default), kept or dropped",
+    )
+    deid.add_argument(
+        "--date-secret",
+        type=Path,
+        help="the secret behind date shifts (default: beside the subject map, MAP.secret)",
+    )
+    deid.add_argument(
+        "--sourcedata", action="store_true", help="also publish de-identified DICOM copies"
+    )
+    deid.add_argument(
+        "--deface-cmd",
+        default="",
+        metavar="CMD",
+        help="defacing command with {in} and {out}, e.g. 'pydeface {in} --outfile {out}'",
+    )
     work = parser.add_argument_group("work dir")
     work.add_argument("-w", "--work-dir", type=Path, help="where DICOMs are staged (0700)")
     work.add_argument("--keep-work", action="store_true", help="keep the work dir afterwards")
@@ -107,7 +135,13 @@ def run_bids_app(argv: Sequence[str]) -> int:
     if args.init and args.analysis_level != "group":
         raise UsageError("--init belongs to the group level")
     logs.setup_console(args.log_level)
-    kwargs = {"work_dir": args.work_dir.absolute()} if args.work_dir else {}
+    kwargs: dict[str, Any] = {"work_dir": args.work_dir.absolute()} if args.work_dir else {}
+    if args.date_secret:
+        kwargs["date_secret"] = args.date_secret.absolute()
+    elif args.subject_map:  # the secret lives beside the map it belongs to
+        kwargs["date_secret"] = args.subject_map.absolute().with_suffix(".secret")
+    if args.deid != "none":
+        profile(args.deid)  # an unknown profile is a usage error before any work
     settings = Settings(
         source=args.source,
         output=args.output,
@@ -118,6 +152,10 @@ def run_bids_app(argv: Sequence[str]) -> int:
         force=args.force,
         dry_run=args.dry_run,
         participant_fields=args.participant_fields,
+        deid_profile=args.deid,
+        dates=args.dates,
+        sourcedata=args.sourcedata,
+        deface_cmd=args.deface_cmd,
         keep_work=args.keep_work,
         init_only=args.init,
         log_level=args.log_level,
@@ -171,9 +209,7 @@ def cmd_status(argv: Sequence[str]) -> int:
     else:
         for r in rows:
             ses = f"ses-{r['session']}" if r["session"] else "-"
-            print(
-                f"sub-{r['label']}\t{ses}\t{r['state']}\t{r['exit_code']}\t{r['error_class']}"
-            )
+            print(f"sub-{r['label']}\t{ses}\t{r['state']}\t{r['exit_code']}\t{r['error_class']}")
     return 0
 
 

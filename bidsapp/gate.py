@@ -45,6 +45,7 @@ class GateReport:
     validator: dict[str, Any] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
     missing_expected: list[str] = field(default_factory=list)
+    deid: dict[str, Any] = field(default_factory=dict)
     phi: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self, ids: Identifiers | None) -> str:
@@ -91,6 +92,7 @@ def run_gate(
     *,
     bids_root: Path,
     derivatives: Path,
+    sourcedata: Path,
     ids: Identifiers,
     expected: tuple[str, ...],
     work: Path,
@@ -123,14 +125,18 @@ def run_gate(
             if not report.failure:
                 report.failure, report.exit_code = "validator could not run", 16
 
-    hits = scan_tree(bids_root, ids)
-    if derivatives.is_dir():
-        hits += scan_tree(derivatives, ids)
-    report.phi = {
-        **ids.to_json(),
-        "hits": [asdict(h) for h in hits],
-    }
+    hits = [h for root in (bids_root, derivatives, sourcedata) if root.is_dir()
+            for h in scan_tree(root, ids)]  # fmt: skip
+    report.phi = {**ids.to_json(), "hits": [asdict(h) for h in hits]}
     if hits and not report.failure:
         report.failure, report.exit_code = "patient data found", 65
     report.passed = not report.failure
     return report
+
+
+def recheck(report: GateReport, derivatives: Path, ids: Identifiers) -> None:
+    """Scan what was written after the gate (the visual report) with the same rules."""
+    hits = scan_tree(derivatives, ids)
+    if hits:
+        report.phi["hits"] = [*report.phi.get("hits", []), *(asdict(h) for h in hits)]
+        report.failure, report.exit_code, report.passed = "patient data found", 65, False

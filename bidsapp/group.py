@@ -19,7 +19,9 @@ from loguru import logger
 from bidsapp.errors import ValidationFailed
 from bidsapp.gate import BIDS_VERSION, validate
 from bidsapp.publish import Target, init_shared, published_manifest
+from bidsapp.report_index import index_entry, render_index
 from bidsapp.settings import Settings
+from bidsapp.status import read_all
 from bidsapp.stores import Store, open_store
 from bidsapp.stores.local import LocalStore
 from bidsapp.tools import ToolFailed, versions
@@ -38,6 +40,16 @@ Converted from DICOM by bidsapp. Subjects are de-identified; see derivatives/bid
 subject's conversion report, gate report and provenance.
 """
 BIDSIGNORE_LINES = ("extra_data", "**/extra_data/**")
+# The conversion reports are not BIDS derivative files: the validator (with -r) skips them.
+DERIVATIVE_IGNORES = (
+    "*.html",
+    "**/*.html",
+    "**/figures/**",
+    "**/gate.json",
+    "**/manifest.json",
+    "**/log.jsonl",
+    "**/demographics.json",
+)
 
 
 def published_targets(store: Store) -> list[tuple[Target, dict[str, Any]]]:
@@ -85,6 +97,7 @@ def run_group(settings: Settings) -> int:
     _sessions(store, targets)
     _task_files(store, targets)
     _derivative_description(store)
+    _index(store, targets)
     return _validate(store)
 
 
@@ -245,6 +258,35 @@ def _task_files(store: Store, targets: list[tuple[Target, dict[str, Any]]]) -> N
             f"task-{task}_bold.json",
             {"TaskName": values.pop() if len(values) == 1 else task},
         )
+
+
+def _index(store: Store, targets: list[tuple[Target, dict[str, Any]]]) -> None:
+    """derivatives/bidsapp/index.html: every job's state and report, and what differs."""
+    entries = []
+    published = {(t.label, t.session) for t, _ in targets}
+    for target, manifest in targets:
+        gate = _read_json(store, f"{target.deriv}/gate.json")
+        sidecars = {
+            item["path"]: _read_json(store, item["path"])
+            for item in manifest["files"]
+            if item["path"].endswith(".json") and item["path"].startswith("sub-")
+        }
+        href = f"{target.data}/report.html"
+        entries.append(index_entry(gate, sidecars, "published", href))
+    for record in read_all(store):
+        key = (record.get("label", ""), record.get("session", ""))
+        if key in published:
+            continue
+        job = f"sub-{key[0]}" + (f"_ses-{key[1]}" if key[1] else "")
+        gate = _read_json(store, f".bidsapp/failed/{job}/gate.json")
+        gate = gate or {"subject": key[0], "session": key[1], "failure": record.get("error_class")}
+        entries.append(index_entry(gate, {}, str(record.get("state", "unknown")), ""))
+    entries.sort(key=lambda e: (str(e["label"]), str(e["session"])))
+    store.write_bytes("derivatives/bidsapp/index.html", render_index(entries).encode())
+    text = "".join(f"{line}\n" for line in DERIVATIVE_IGNORES)
+    path = "derivatives/bidsapp/.bidsignore"
+    if not store.exists(path) or store.read_bytes(path).decode() != text:
+        store.write_bytes(path, text.encode())
 
 
 def _validate(store: Store) -> int:

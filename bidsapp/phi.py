@@ -18,7 +18,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
-
 REDACTED = "[REDACTED]"
 FOLDER_FIELD = "ExamFolder"
 HEADER_FIELDS = (
@@ -111,6 +110,24 @@ def _token_spans(text: str) -> list[tuple[str, int, int]]:
     if buf:
         out.append(("".join(buf), start, end))
     return out
+
+
+def _readings(text: str) -> list[str]:
+    """The text, plus its repair when UTF-8 was decoded as Latin-1 somewhere upstream.
+
+    dcm2niix writes UTF-8 names that way ("GonÃ§alves" for "Gonçalves"): the garbled form must
+    match the name too.
+    """
+    if text.isascii():
+        return [text]
+    try:
+        repaired = text.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        try:
+            repaired = text.encode("cp1252").decode("utf-8")
+        except (UnicodeEncodeError, UnicodeDecodeError):
+            return [text]
+    return [text, repaired] if repaired != text else [text]
 
 
 def tokenize(text: str) -> tuple[str, ...]:
@@ -245,7 +262,7 @@ class Identifiers:
         """Field names of the identifiers occurring (as whole tokens) in text."""
         if not self._index:
             return []
-        fields = {f for _, _, f in self._matches(tokenize(text))}
+        fields = {f for variant in _readings(text) for _, _, f in self._matches(tokenize(variant))}
         return sorted(fields, key=_field_key)
 
     def redact(self, text: str) -> str:
@@ -363,10 +380,15 @@ def _decode(data: bytes) -> str:
         return data.decode("latin-1")  # every byte maps, so accents in legacy files still match
 
 
+_DICOM_TEXT_VRS = {"AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UT"}
+
+
 def _scan_file(path: Path, ids: Identifiers) -> Iterator[tuple[str, str]]:
     name = path.name.lower()
     if name.endswith((".nii", ".nii.gz")):
         yield from _scan_nifti(path, ids)
+    elif name.endswith(".dcm"):
+        yield from _scan_dicom(path, ids)
     elif name.endswith(".json"):
         text = _decode(path.read_bytes())
         try:
@@ -389,6 +411,18 @@ def _scan_file(path: Path, ids: Identifiers) -> Iterator[tuple[str, str]]:
             return  # binary without a suffix: only its name is checked
         if "\0" not in text:
             yield from _scan_lines(text, ids)
+
+
+def _scan_dicom(path: Path, ids: Identifiers) -> Iterator[tuple[str, str]]:
+    """Every text element of a DICOM file (sequences included), as published sourcedata."""
+    import pydicom
+
+    ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    for elem in ds.iterall():
+        if elem.VR in _DICOM_TEXT_VRS and elem.value is not None:
+            values = elem.value if elem.VM > 1 else [elem.value]
+            for value in values:
+                yield from ((f, f"DICOM {elem.keyword or elem.tag}") for f in ids.find(str(value)))
 
 
 def _scan_lines(text: str, ids: Identifiers) -> Iterator[tuple[str, str]]:

@@ -13,25 +13,31 @@ import shutil
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from loguru import logger
 
 from bidsapp import logs
 from bidsapp.convert import Heuristic, convert, load_heuristic
+from bidsapp.deid import deface, deidentify, deidentify_dicoms
+from bidsapp.deid_profiles import date_offset, dicom_seed, load_secret
 from bidsapp.errors import BidsAppError, GateFailed, LocalIOError
-from bidsapp.gate import GateReport, run_gate
+from bidsapp.gate import GateReport, recheck, run_gate
 from bidsapp.phi import Identifiers
 from bidsapp.publish import Target, init_shared, publish, published_manifest, repair
+from bidsapp.report import write_subject_report
 from bidsapp.settings import Settings
-from bidsapp.stage import stage
+from bidsapp.stage import StagedExam, stage
 from bidsapp.status import StatusRecord
 from bidsapp.stores import Store, open_store
 from bidsapp.subjects import Subject, from_folder_names, read_map, select
 from bidsapp.tools import versions
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -106,51 +112,86 @@ def run_job(
     settings: Settings, source: Store, output: Store, heuristic: Heuristic, subject: Subject
 ) -> JobResult:
     """One subject (or subject/session) from exam folder to published BIDS."""
-    run_id = new_run_id()
-    logs.redactor.reset()
-    ids = Identifiers.collect([], subject.exam_folder_name, subject.label)
-    logs.redactor.add_identifiers(ids)
-    log = logs.bound(subject.label + (f" ses-{subject.session}" if subject.session else ""))
-    status = StatusRecord(subject.label, subject.session, run_id)
-    target = Target(subject.label, subject.session)
-    work: Path | None = None
-    close_log = None
-    started = time.monotonic()
-    try:
-        work = _make_work_dir(settings, subject, run_id)
-        close_log = logs.add_json_log(work / "log.jsonl")
+    return Job(settings, source, output, heuristic, subject).run()
+
+
+class Job:
+    """One participant job: its work dir, log, status record and the identifiers it learns."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        source: Store,
+        output: Store,
+        heuristic: Heuristic,
+        subject: Subject,
+    ) -> None:
+        self.settings, self.source, self.output = settings, source, output
+        self.heuristic, self.subject = heuristic, subject
+        self.run_id = new_run_id()
+        self.target = Target(subject.label, subject.session)
+        self.status = StatusRecord(subject.label, subject.session, self.run_id)
+        self.log = logs.bound(
+            subject.label + (f" ses-{subject.session}" if subject.session else "")
+        )
+        logs.redactor.reset()
+        self.ids = Identifiers.collect([], subject.exam_folder_name, subject.label)
+        logs.redactor.add_identifiers(self.ids)
+        self.work: Path | None = None
+
+    def run(self) -> JobResult:
+        """Run every step; failures become a JobResult, the work dir is cleaned up."""
+        name, settings = self.subject.job_name, self.settings
+        close_log = None
+        try:
+            self.work = _make_work_dir(settings, self.subject, self.run_id)
+            close_log = logs.add_json_log(self.work / "log.jsonl")
+            state = self._steps(self.work)
+            return JobResult(name, state, 0)
+        except BidsAppError as exc:
+            message = logs.redactor(exc.one_line())
+            self.log.error(message)
+            self._failed(exc.exit_code, type(exc).__name__, retryable=exc.exit_code == 75)
+            return JobResult(name, "failed", exc.exit_code, message)
+        except Exception as exc:  # a bug: traceback to the log file, one line to the console
+            self.log.debug(logs.redactor(traceback.format_exc()))
+            message = logs.redactor(f"unexpected error: {type(exc).__name__}: {exc}")
+            self.log.error(message)
+            self._failed(1, type(exc).__name__, retryable=False)
+            return JobResult(name, "failed", 1, message)
+        finally:
+            if close_log is not None:
+                close_log()
+            if self.work is not None and not settings.keep_work:
+                shutil.rmtree(self.work, ignore_errors=True)
+            elif self.work is not None:
+                logger.info("work dir kept: {}", self.work)
+
+    def _steps(self, work: Path) -> str:
+        settings, subject, log, status = self.settings, self.subject, self.log, self.status
+        started = time.monotonic()
         log.info(
             "bidsapp job {} started",
             subject.job_name,
             argv=[logs.redactor(a) for a in settings.argv],
             versions=versions(),
-            heuristic=heuristic.name,
-            heuristic_sha256=heuristic.sha256,
+            heuristic=self.heuristic.name,
+            heuristic_sha256=self.heuristic.sha256,
+            settings=settings.to_json(),
         )
-        fp = fingerprint(source, subject, heuristic)
-        if not settings.dry_run:
-            with output.lock(f"sub-{subject.label}"):
-                for action in repair(output, target):
-                    log.warning("repaired OUTPUT: {}", action)
-        manifest = published_manifest(output, target)
-        if manifest and not settings.force and _up_to_date(manifest, fp, settings):
-            log.info("published and up to date: nothing to do")
-            if not settings.dry_run:
-                status.exit_code = 0
-                status.save(output, "skipped")
-            return JobResult(subject.job_name, "skipped", 0)
+        fingerprint_ = fingerprint(self.source, subject, self.heuristic)
+        if self._up_to_date(fingerprint_):
+            return "skipped"
         if settings.dry_run:
             log.info("dry run: would be converted and published")
-            return JobResult(subject.job_name, "dry-run", 0)
-        status.save(output, "started")
+            return "dry-run"
+        status.save(self.output, "started")
 
-        t0 = time.monotonic()
-        staged = stage(source, subject.source, work)
-        status.timings["stage"] = round(time.monotonic() - t0, 3)
-        ids = ids.merge(
+        staged = self._timed("stage", lambda: stage(self.source, subject.source, work))
+        self.ids = self.ids.merge(
             Identifiers.collect(staged.headers, subject.exam_folder_name, subject.label)
         )
-        logs.redactor.add_identifiers(ids)
+        logs.redactor.add_identifiers(self.ids)
         log.info(
             "staged {} DICOM files in {} stud{} ({} skipped, {} corrupt, {} with dates repaired)",
             staged.files,
@@ -160,102 +201,158 @@ def run_job(
             len(staged.corrupt),
             staged.repaired_dates,
         )
-        for name, reason in staged.skipped + staged.corrupt:
-            log.warning("not converted: {} ({})", name, reason)
-        status.save(output, "staged")
+        for source_name, reason in staged.skipped + staged.corrupt:
+            log.warning("not converted: {} ({})", source_name, reason)
+        status.save(self.output, "staged")
 
-        t0 = time.monotonic()
-        converted = convert(staged, subject, heuristic, work)
-        status.timings["convert"] = round(time.monotonic() - t0, 3)
+        converted = self._timed("convert", lambda: convert(staged, subject, self.heuristic, work))
         log.info("converted {} files", len(converted.files))
-        status.save(output, "converted")
+        deid = self._timed("deidentify", lambda: self._deidentify(staged, converted.root, work))
+        status.save(self.output, "converted")
 
-        data_dir = converted.root / target.data
-        deriv_dir = work / "derivatives" / target.data
-        deriv_dir.mkdir(parents=True)
+        local = {
+            "data": converted.root / self.target.data,
+            "deriv": work / "derivatives" / self.target.data,
+        }
+        if (work / "sourcedata").is_dir():
+            local["source"] = work / "sourcedata" / self.target.data
+        local["deriv"].mkdir(parents=True)
         if settings.participant_fields:
             demo = {
                 k: v for k, v in staged.demographics.items() if k in settings.participant_fields
             }
-            (deriv_dir / "demographics.json").write_text(json.dumps(demo) + "\n")
+            (local["deriv"] / "demographics.json").write_text(json.dumps(demo) + "\n")
 
-        t0 = time.monotonic()
-        report = GateReport(subject.label, subject.session)
+        report = GateReport(subject.label, subject.session, deid=deid)
         report.converted_files = converted.files
         report.series = [asdict(row) for row in converted.series]
         report.skipped_files = [
-            {"file": ids.redact(name), "reason": reason}
+            {"file": self.ids.redact(name), "reason": reason}
             for name, reason in staged.skipped + staged.corrupt
         ]
-        (deriv_dir / "gate.json").write_text("{}\n")  # scanned by the gate like the final one
+        self._timed("gate", lambda: self._gate(report, converted.root, work))
+        status.save(self.output, "gated")
+        _snapshot_log(work / "log.jsonl", local["deriv"] / "log.jsonl", self.ids)
+
+        manifest = {
+            "label": subject.label,
+            "session": subject.session,
+            "run_id": self.run_id,
+            "input_fingerprint": fingerprint_,
+            "heuristic": self.heuristic.name,
+            "heuristic_sha256": self.heuristic.sha256,
+            "versions": versions(),
+            "options": _options(settings),
+            "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        with self.output.lock(f"sub-{subject.label}"):
+            repair(self.output, self.target)
+            published = self._timed(
+                "publish", lambda: publish(self.output, self.target, local, manifest)
+            )
+        status.timings["total"] = round(time.monotonic() - started, 3)
+        status.exit_code = 0
+        status.save(self.output, "published")
+        log.info("published ({} files)", len(published["files"]))
+        return "published"
+
+    def _timed(self, step: str, action: Callable[[], T]) -> T:
+        t0 = time.monotonic()
+        result = action()
+        self.status.timings[step] = round(time.monotonic() - t0, 3)
+        return result
+
+    def _up_to_date(self, fingerprint_: str) -> bool:
+        """Repair what an interrupted run left, then ask the manifest whether work remains."""
+        if not self.settings.dry_run:
+            with self.output.lock(f"sub-{self.subject.label}"):
+                for action in repair(self.output, self.target):
+                    self.log.warning("repaired OUTPUT: {}", action)
+        manifest = published_manifest(self.output, self.target)
+        if not manifest or self.settings.force or not _same(manifest, fingerprint_, self.settings):
+            return False
+        self.log.info("published and up to date: nothing to do")
+        if not self.settings.dry_run:
+            self.status.exit_code = 0
+            self.status.save(self.output, "skipped")
+        return True
+
+    def _deidentify(self, staged: StagedExam, bids_root: Path, work: Path) -> dict[str, Any]:
+        """The de-identification profile over the converted tree (and sourcedata when asked)."""
+        settings, label = self.settings, self.subject.label
+        secret = load_secret(settings.date_secret) if settings.dates == "shift" else b""
+        offset = date_offset(label, secret) if secret else 0
+        report: dict[str, Any] = {"profile": "none"}
+        if settings.deid_profile != "none":
+            result = deidentify(
+                bids_root / f"sub-{label}",
+                self.ids,
+                profile_name=settings.deid_profile,
+                dates=settings.dates,
+                offset_days=offset,
+            )
+            if settings.deface_cmd:
+                result.defaced = deface(bids_root / f"sub-{label}", settings.deface_cmd)
+            report = result.to_json()
+        if settings.sourcedata:
+            dest = work / "sourcedata" / self.target.data
+            seed = dicom_seed(label, secret or load_secret(settings.date_secret))
+            report["sourcedata_files"] = sum(
+                deidentify_dicoms(
+                    study.folder,
+                    dest / f"study-{k}",
+                    offset_days=offset,
+                    dates=settings.dates,
+                    seed=seed,
+                    ids=self.ids,
+                )
+                for k, study in enumerate(staged.studies, start=1)
+            )
+        return report
+
+    def _gate(self, report: GateReport, bids_root: Path, work: Path) -> None:
+        """Validator, expectations and PHI scan; then the visual report, scanned in turn."""
+        deriv = work / "derivatives"
         run_gate(
             report,
-            bids_root=converted.root,
-            derivatives=work / "derivatives",
-            ids=ids,
-            expected=heuristic.expected,
+            bids_root=bids_root,
+            derivatives=deriv,
+            sourcedata=work / "sourcedata",
+            ids=self.ids,
+            expected=self.heuristic.expected,
             work=work,
         )
-        status.timings["gate"] = round(time.monotonic() - t0, 3)
-        (deriv_dir / "gate.json").write_text(report.to_json(ids) + "\n")
+        dest = deriv / self.target.data
+        if report.passed:
+            write_subject_report(
+                dest,
+                bids_dir=bids_root,
+                label=self.subject.label,
+                session=self.subject.session,
+                gate=json.loads(report.to_json(self.ids)),
+                heuristic=self.heuristic.name,
+                versions=versions(),
+                timings=dict(self.status.timings),
+            )
+            recheck(report, deriv, self.ids)
+        (dest / "gate.json").write_text(report.to_json(self.ids) + "\n")
         if not report.passed:
-            where = _save_failure(output, subject, ids, report)
+            where = _save_failure(self.output, self.subject, self.ids, report)
             raise GateFailed(
                 f"failed its gate: {report.failure}; nothing was published",
                 report.exit_code,
                 hint=f"see {where}",
             )
-        status.save(output, "gated")
-        _snapshot_log(work / "log.jsonl", deriv_dir / "log.jsonl", ids)
 
-        t0 = time.monotonic()
-        manifest_base = {
-            "label": subject.label,
-            "session": subject.session,
-            "run_id": run_id,
-            "input_fingerprint": fp,
-            "heuristic": heuristic.name,
-            "heuristic_sha256": heuristic.sha256,
-            "versions": versions(),
-            "options": _options(settings),
-            "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-        with output.lock(f"sub-{subject.label}"):
-            repair(output, target)
-            published = publish(output, target, data_dir, deriv_dir, manifest_base)
-        status.timings["publish"] = round(time.monotonic() - t0, 3)
-        status.timings["total"] = round(time.monotonic() - started, 3)
-        status.exit_code = 0
-        status.save(output, "published")
-        log.info("published ({} files)", len(published["files"]))
-        return JobResult(subject.job_name, "published", 0)
-    except BidsAppError as exc:
-        message = logs.redactor(exc.one_line())
-        log.error(message)
-        _record_failure(output, status, exc.exit_code, type(exc).__name__, exc.exit_code == 75)
-        if work is not None and not settings.dry_run:
-            _save_failed_log(output, subject, work, ids)
-        return JobResult(subject.job_name, "failed", exc.exit_code, message)
-    except Exception as exc:  # a bug: traceback to the log file, one line to the console
-        log.opt(depth=0).debug(logs.redactor(traceback.format_exc()))
-        message = logs.redactor(f"unexpected error: {type(exc).__name__}: {exc}")
-        log.error(
-            message + (f" (details in {work / 'log.jsonl'})" if work and settings.keep_work else "")
-        )
-        _record_failure(output, status, 1, type(exc).__name__, False)
-        if work is not None and not settings.dry_run:
-            _save_failed_log(output, subject, work, ids)
-        return JobResult(subject.job_name, "failed", 1, message)
-    finally:
-        if close_log is not None:
-            close_log()
-        if work is not None and not settings.keep_work:
-            shutil.rmtree(work, ignore_errors=True)
-        elif work is not None:
-            logger.info("work dir kept: {}", work)
+    def _failed(self, code: int, error_class: str, *, retryable: bool) -> None:
+        status = self.status
+        status.exit_code, status.error_class, status.retryable = code, error_class, retryable
+        status.save(self.output, "failed")
+        if self.work is not None and not self.settings.dry_run:
+            _save_failed_log(self.output, self.subject, self.work, self.ids)
 
 
-def _up_to_date(manifest: dict[str, Any], fp: str, settings: Settings) -> bool:
+def _same(manifest: dict[str, Any], fp: str, settings: Settings) -> bool:
     return (
         manifest.get("input_fingerprint") == fp
         and manifest.get("versions") == versions()
@@ -265,12 +362,13 @@ def _up_to_date(manifest: dict[str, Any], fp: str, settings: Settings) -> bool:
 
 def _options(settings: Settings) -> dict[str, Any]:
     """The settings that change what a job publishes."""
-    return {"participant_fields": sorted(settings.participant_fields)}
-
-
-def _record_failure(output: Store, status: StatusRecord, code: int, cls: str, retry: bool) -> None:
-    status.exit_code, status.error_class, status.retryable = code, cls, retry
-    status.save(output, "failed")
+    return {
+        "participant_fields": sorted(settings.participant_fields),
+        "deid_profile": settings.deid_profile,
+        "dates": settings.dates,
+        "sourcedata": settings.sourcedata,
+        "deface_cmd": bool(settings.deface_cmd),
+    }
 
 
 def _snapshot_log(src: Path, dest: Path, ids: Identifiers) -> None:

@@ -71,8 +71,13 @@ class Target:
         return f"{self.deriv}/{MANIFEST}"
 
     @property
+    def source(self) -> str:
+        return f"sourcedata/{self.data}"
+
+    @property
     def parts(self) -> tuple[tuple[str, str], ...]:
-        return (("data", self.data), ("deriv", self.deriv))
+        """Every place a job owns; a part missing from an upload still replaces the old one."""
+        return (("data", self.data), ("deriv", self.deriv), ("source", self.source))
 
 
 def fault(point: str) -> None:
@@ -165,23 +170,23 @@ def repair(store: Store, target: Target) -> list[str]:
 
 
 def publish(
-    store: Store, target: Target, data_dir: Path, deriv_dir: Path, manifest: dict[str, Any]
+    store: Store, target: Target, local: dict[str, Path], manifest: dict[str, Any]
 ) -> dict[str, Any]:
-    """Upload, verify, swap in and write the manifest; returns the manifest written."""
+    """Upload, verify, swap in and write the manifest; returns the manifest written.
+
+    `local` maps parts ('data', 'deriv', optionally 'source') to the local folders to publish.
+    """
     run = manifest["run_id"]
     incoming, replaced = (
         f".bidsapp/incoming/{target.tag}-{run}",
         f".bidsapp/replaced/{target.tag}-{run}",
     )
     files: list[dict[str, Any]] = []
-    local_files = [
-        (part, src, path)
-        for (part, path), src in zip(target.parts, (data_dir, deriv_dir), strict=True)
-    ]
     uploads = [
-        (part, f, path, f.relative_to(src).as_posix())
-        for part, src, path in local_files
-        for f in sorted(src.rglob("*"))
+        (part, f, path, f.relative_to(local[part]).as_posix())
+        for part, path in target.parts
+        if part in local
+        for f in sorted(local[part].rglob("*"))
         if f.is_file()
     ]
     for n, (part, f, path, rel) in enumerate(uploads):
@@ -200,8 +205,9 @@ def publish(
             store.move(path, f"{replaced}/{part}")
         fault("set-aside-data" if n == 0 else "set-aside")
     for n, (part, path) in enumerate(target.parts):
-        store.make_folder(_parent(path))
-        store.move(f"{incoming}/{part}", path)
+        if part in local:
+            store.make_folder(_parent(path))
+            store.move(f"{incoming}/{part}", path)
         fault("moved-data" if n == 0 else "moved")
     store.write_bytes(target.manifest, json.dumps(manifest, indent=2).encode() + b"\n")
     fault("manifest")

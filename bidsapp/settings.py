@@ -45,6 +45,22 @@ class Settings:
     participant_fields: tuple[str, ...] = ()
     """Demographic fields the user opts into for participants.tsv (age, sex)."""
 
+    # -- de-identification
+    deid_profile: str = "basic"
+    """De-identification profile for sidecars and TSVs ('none' turns it off; the gate stays)."""
+    dates: str = "shift"
+    """keep, shift (by a per-label offset derived from the secret) or drop."""
+    date_secret: Path = field(
+        default_factory=lambda: Path(
+            env("DATE_SECRET", "~/.config/bidsapp/date-shift.secret")
+        ).expanduser()
+    )
+    """The date-shift secret: beside the subject map when there is one."""
+    sourcedata: bool = False
+    """Publish de-identified DICOM copies under sourcedata/ (off by default)."""
+    deface_cmd: str = ""
+    """A defacing command template with {in} and {out}, run on anatomical images."""
+
     # -- work dir
     work_dir: Path = field(
         default_factory=lambda: Path(

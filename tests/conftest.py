@@ -66,7 +66,13 @@ def bidsapp(work_dir: Path) -> RunCli:
         argv = [str(a) for a in args]
         if work and argv and argv[0] not in ("subjects", "status", "demo") and len(argv) >= 3:
             argv += ["--work-dir", str(work_dir)]
-        full_env = {**os.environ, "BIDSAPP_LOG_LEVEL": "INFO", **(env or {})}
+        full_env = {
+            **os.environ,
+            "BIDSAPP_LOG_LEVEL": "INFO",
+            # Without a subject map the secret would go to ~/.config: keep tests to tmp_path.
+            "BIDSAPP_DATE_SECRET": str(work_dir.parent / "date-shift.secret"),
+            **(env or {}),
+        }
         return subprocess.run(
             [*prefix, sys.executable, "-m", "bidsapp.cli", *argv],
             capture_output=True,

@@ -389,3 +389,11 @@ def test_scan_tree_edge_files(tmp_path: Path) -> None:
 
 def test_scan_tree_without_identifiers(tree: Path) -> None:
     assert scan_tree(tree, Identifiers()) == []
+
+
+def test_utf8_read_as_latin1_still_matches() -> None:
+    # dcm2niix writes UTF-8 names decoded as Latin-1 into sidecars.
+    ids = Identifiers.collect([{"PatientName": "Gonçalves^João"}], None)
+    assert ids.find('"PatientName": "GonÃ§alves^JoÃ£o"') == ["PatientName"]
+    assert ids.find("JoÃ£o") == ["PatientName"]
+    assert ids.find("Ã© clean") == []

@@ -53,7 +53,7 @@ from pathlib import Path
 from bidsapp.publish import Target, publish
 from bidsapp.stores.local import LocalStore
 out, data, deriv, label, session, run = sys.argv[1:]
-publish(LocalStore(Path(out)), Target(label, session), Path(data), Path(deriv),
+publish(LocalStore(Path(out)), Target(label, session), {"data": Path(data), "deriv": Path(deriv)},
         {"run_id": run, "version": "new"})
 """
 
@@ -67,7 +67,7 @@ def _trees(root: Path, version: str) -> tuple[Path, Path]:
     folders = []
     for part in ("data", "deriv"):
         folder = root / f"{version}-{part}"
-        for rel, content in VERSIONS[version][part].items():
+        for rel, content in VERSIONS[version].get(part, {}).items():
             (folder / rel).parent.mkdir(parents=True, exist_ok=True)
             (folder / rel).write_bytes(content)
         folders.append(folder)
@@ -77,13 +77,13 @@ def _trees(root: Path, version: str) -> tuple[Path, Path]:
 def _publish(out: Path, target: Target, version: str, tmp: Path) -> dict[str, Any]:
     data, deriv = _trees(tmp / f"local-{target.tag}", version)
     base = {"run_id": RUN_IDS[version], "version": version, "fingerprint": f"fp-{version}"}
-    return publish(LocalStore(out), target, data, deriv, base)
+    return publish(LocalStore(out), target, {"data": data, "deriv": deriv}, base)
 
 
 def _expected(target: Target, version: str) -> dict[str, bytes]:
     files = {}
     for part, path in target.parts:
-        for rel, content in VERSIONS[version][part].items():
+        for rel, content in VERSIONS[version].get(part, {}).items():
             files[f"{path}/{rel}"] = content
     return files
 
@@ -258,7 +258,8 @@ def test_repair_after_a_kill_leaves_one_complete_copy(
     assert repair(store, target) == []
     assert _outside_bidsapp(out) == snapshot
     data, deriv = _trees(tmp_path / "rerun", "new")
-    publish(store, target, data, deriv, {"run_id": "20240303T000000cccccc", "version": "new"})
+    rerun = {"run_id": "20240303T000000cccccc", "version": "new"}
+    publish(store, target, {"data": data, "deriv": deriv}, rerun)
     assert published_manifest(store, target) is not None
     _assert_no_leftovers(out)
 
@@ -378,3 +379,24 @@ def test_missing_manifest_is_not_published(tmp_path: Path) -> None:
     _publish(out, target, "old", tmp_path)
     (out / target.manifest).unlink()
     assert published_manifest(LocalStore(out), target) is None
+
+
+def test_sourcedata_part_is_published_and_a_stale_copy_removed(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    store, target = LocalStore(out), Target("01")
+    data, deriv = _trees(tmp_path / "a", "old")
+    source = tmp_path / "a" / "source"
+    (source / "study-1").mkdir(parents=True)
+    (source / "study-1" / "000001.dcm").write_bytes(b"dicom copy")
+    first = {"run_id": "20240101T000000aaaaaa", "version": "old"}
+    publish(store, target, {"data": data, "deriv": deriv, "source": source}, first)
+    assert (out / "sourcedata/sub-01/study-1/000001.dcm").read_bytes() == b"dicom copy"
+    assert "sourcedata/sub-01/study-1/000001.dcm" in {
+        f["path"] for f in published_manifest(store, target)["files"]
+    }
+    data, deriv = _trees(tmp_path / "b", "new")
+    second = {"run_id": "20240202T000000bbbbbb", "version": "new"}
+    publish(store, target, {"data": data, "deriv": deriv}, second)
+    assert not (out / "sourcedata/sub-01").exists(), "a copy no longer asked for is removed"
+    _assert_no_leftovers(out)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from bidsapp.deid_profiles import profile
 from bidsapp.phi import Identifiers, scan_tree
 from tests.conftest import SHARED_DICOM, RunCli, need, published_files, shared_cases
 
@@ -41,7 +42,9 @@ DATASET_FILES = [
     "CHANGES",
     "README.md",
     "dataset_description.json",
+    "derivatives/bidsapp/.bidsignore",
     "derivatives/bidsapp/dataset_description.json",
+    "derivatives/bidsapp/index.html",
 ]
 
 
@@ -100,8 +103,14 @@ def test_case_participant_then_group(case: str, tmp_path: Path, bidsapp: RunCli)
         assert data == expected
         derivs = [f for f in files if f.startswith("derivatives/bidsapp/sub-01/")]
         assert derivs == [
-            f"derivatives/bidsapp/sub-01/{n}" for n in ("gate.json", "log.jsonl", "manifest.json")
-        ]
+            f"derivatives/bidsapp/sub-01/{n}"
+            for n in ("figures/sub-01_ses-localizer_acq-3mm_phasediff.png", "gate.json",
+                      "log.jsonl", "manifest.json", "report.html")
+        ]  # fmt: skip
+        sidecars = [output / f for f in data if f.endswith(".json")]
+        removed = {r.field for r in profile("basic") if r.action == "remove" and "*" not in r.field}
+        for sidecar in sidecars:
+            assert removed.isdisjoint(json.loads(sidecar.read_text())), sidecar.name
         assert sorted(set(files) - set(data) - set(derivs)) == sorted(
             [*DATASET_FILES, "participants.json", "participants.tsv"]
         )
