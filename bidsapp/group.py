@@ -44,6 +44,7 @@ BIDSIGNORE_LINES = ("extra_data", "**/extra_data/**")
 DERIVATIVE_IGNORES = (
     "*.html",
     "**/*.html",
+    "**/figures",
     "**/figures/**",
     "**/gate.json",
     "**/manifest.json",

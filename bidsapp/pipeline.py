@@ -1,4 +1,4 @@
-"""The orchestrating function: stage → convert → gate → publish for each selected subject.
+"""The orchestrating function: stage → convert → de-identify → gate → publish, per subject.
 
 The stages never import each other; they meet here. Each job has its own work dir (0700), its
 own JSON log (redacted, published PHI-free) and its own status record.

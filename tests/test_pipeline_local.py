@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from bidsapp.gate import validate
 from bidsapp.publish import FAULT_POINTS
 from bidsapp.synthetic import Patient, Series
 from tests.conftest import MakeExam, RunCli, need, published_files
@@ -202,6 +203,11 @@ def test_four_jobs_at_once_then_group_keeps_curated_column(
     assert (output / "README.md").read_text().startswith("# Curated README")
     report = json.loads((output / ".bidsapp/group-validation.json").read_text())
     assert [i for i in report["issues"]["issues"] if i["severity"] == "error"] == []
+    # The reports folder is a derivative dataset of its own that validates clean.
+    findings, _ = validate(output / "derivatives/bidsapp", tmp_path / "deriv-validation.json")
+    assert [f for f in findings if f.severity == "error"] == []
+    index = (output / "derivatives/bidsapp/index.html").read_text()
+    assert all(f'href="sub-0{n}/report.html"' in index for n in range(1, 5))
 
 
 def test_patient_data_stays_out_of_everything(
@@ -272,3 +278,18 @@ def test_demo_runs_offline_without_shared_data(tmp_path: Path) -> None:
     assert "sub-02_task-rest_bold.nii.gz" in result.stdout
     assert (tmp_path / "demo/bids/sub-01/func/sub-01_task-rest_bold.nii.gz").is_file()
     assert "souza" not in (result.stdout + result.stderr).lower()
+
+
+def test_work_dir_after_a_failure_is_kept_only_when_asked(
+    tmp_path: Path, bidsapp: RunCli, work_dir: Path
+) -> None:
+    exam = tmp_path / "source" / "01"
+    exam.mkdir(parents=True)
+    (exam / "notes.txt").write_text("not an image\n")
+    output = tmp_path / "out"
+    assert bidsapp(tmp_path / "source", output, "participant").returncode == 65
+    assert list(work_dir.iterdir()) == [], "raw patient data is wiped after a failure too"
+    kept = bidsapp(tmp_path / "source", output, "participant", "--keep-work")
+    assert kept.returncode == 65
+    (job,) = list(work_dir.iterdir())
+    assert (job.stat().st_mode & 0o777) == 0o700 and (job / "log.jsonl").is_file()

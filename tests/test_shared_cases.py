@@ -29,8 +29,8 @@ EXPECTED: dict[str, tuple[int, list[str] | str]] = {
             "sub-01/sub-01_sessions.tsv",  # written by group
         ],
     ),
-    # ReproIn asserts a StudyDescription, which GE exports lack: heudiconv gives up.
-    "ge_mr29_dwi_t1": (65, "heudiconv could not convert"),
+    # GE exports lack a StudyDescription (our ReproIn wrapper tolerates it) and ReproIn names.
+    "ge_mr29_dwi_t1": (65, "nothing converted"),
     # No ReproIn protocol names: heudiconv converts nothing.
     "philips_r53_dti": (65, "nothing converted"),
     "siemens_b17_trio_mosaic": (65, "nothing converted"),
@@ -120,9 +120,14 @@ def test_case_participant_then_group(case: str, tmp_path: Path, bidsapp: RunCli)
         line = [ln for ln in part.stderr.splitlines() if " ERROR " in ln]
         assert len(line) == 1 and expected in line[0]
         assert (output / ".bidsapp/failed/sub-01/log.jsonl").is_file()
-        if expected in ("nothing converted", "validation"):
-            gate = json.loads((output / ".bidsapp/failed/sub-01/gate.json").read_text())
-            assert gate["failure"] == expected and gate["passed"] is False
+        gate = json.loads((output / ".bidsapp/failed/sub-01/gate.json").read_text())
+        assert gate["failure"] == expected and gate["passed"] is False
+        # Placeholder values (GE's PatientName/PatientID "dicom") identify no one: listed as
+        # such, and no case fails for patient data.
+        assert gate["phi"]["hits"] == []
+        if case == "ge_mr29_dwi_t1":
+            fields = {i["field"] for i in gate["phi"]["not_treated_as_identifiers"]}
+            assert {"PatientName", "PatientID"} <= fields
 
     # Nothing identifying anywhere: the published tree, the bookkeeping, and the console.
     ids = case_identifiers(SHARED_DICOM / case)
