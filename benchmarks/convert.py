@@ -104,28 +104,10 @@ def run_bidsapp(shared: Path, case: str, tmp: Path) -> Sample:
     return run_measured(argv, cwd=tmp, log=tmp / "bidsapp.log")
 
 
-def run_heudiconv(case_dir: Path, heuristic: Path, tmp: Path) -> Sample:
-    argv = [
-        str(BIN / "heudiconv"),
-        "--files",
-        str(case_dir),
-        "-s",
-        "01",
-        "-f",
-        str(heuristic),
-        "-c",
-        "dcm2niix",
-        "--bids",
-        "notop",
-        "--minmeta",
-        "-o",
-        str(tmp / "heudiconv"),
-        "-l",
-        "",
-        "-g",
-        "all",
-        "--overwrite",
-    ]
+def run_heudiconv(case_dir: Path, template: list[str], tmp: Path) -> Sample:
+    """heudiconv alone, with exactly the command line bidsapp runs (bidsapp.convert)."""
+    subst = {"@FILES@": str(case_dir), "@OUT@": str(tmp / "heudiconv")}
+    argv = [str(BIN / "heudiconv"), *(subst.get(a, a) for a in template[1:])]
     return run_measured(argv, cwd=tmp, env=QUIET_ENV, log=tmp / "heudiconv.log")
 
 
@@ -136,7 +118,7 @@ def run_dcm2niix(case_dir: Path, tmp: Path) -> Sample:
     return run_measured(argv, cwd=tmp, log=tmp / "dcm2niix.log")
 
 
-def bench_case(shared: Path, case: str, heuristic: Path, repeat: int) -> dict[str, Measure]:
+def bench_case(shared: Path, case: str, heudiconv: list[str], repeat: int) -> dict[str, Measure]:
     results = {tool: Measure() for tool in TOOLS}
     case_dir = shared / case
     for n in range(1, repeat + 1):
@@ -147,7 +129,7 @@ def bench_case(shared: Path, case: str, heuristic: Path, repeat: int) -> dict[st
                 if tool == "bidsapp":
                     sample = run_bidsapp(shared, case, tmp)
                 elif tool == "heudiconv":
-                    sample = run_heudiconv(case_dir, heuristic, tmp)
+                    sample = run_heudiconv(case_dir, heudiconv, tmp)
                 else:
                     sample = run_dcm2niix(case_dir, tmp)
             results[tool].add(sample)
@@ -186,21 +168,23 @@ def report_case(case: str, res: dict[str, Measure]) -> bool:
 
 FACTS = """
 import json
-from bidsapp.convert import load_heuristic
+from pathlib import Path
+from bidsapp.convert import heudiconv_argv, load_heuristic
 from bidsapp.tools import versions
-print(json.dumps({"heuristic": str(load_heuristic("reproin").path), "versions": versions()}))
+argv = heudiconv_argv([Path("@FILES@")], "01", "", load_heuristic("reproin").path, Path("@OUT@"))
+print(json.dumps({"argv": argv, "versions": versions()}))
 """
 
 
-def bidsapp_facts() -> tuple[Path, dict[str, str]]:
-    """The heuristic file bidsapp uses by default and the tool versions, asked of a helper.
+def bidsapp_facts() -> tuple[list[str], dict[str, str]]:
+    """bidsapp's heudiconv command line (default heuristic) and tool versions, from a helper.
 
     Importing bidsapp here would grow this process to ~50 MB, and every child would then
     report at least that as its peak RSS.
     """
     proc = subprocess.run([sys.executable, "-c", FACTS], capture_output=True, text=True, check=True)
     facts = json.loads(proc.stdout)
-    return Path(facts["heuristic"]), dict(facts["versions"])
+    return list(facts["argv"]), dict(facts["versions"])
 
 
 def rss_floor_mb() -> float:
@@ -244,11 +228,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    heuristic, tool_versions = bidsapp_facts()
+    heudiconv, tool_versions = bidsapp_facts()
     print(f"## bidsapp vs heudiconv vs dcm2niix ({args.shared}, repeat {args.repeat})\n")
     met = 0
     for case in args.case_list:
-        results = bench_case(args.shared, case, heuristic, args.repeat)
+        results = bench_case(args.shared, case, heudiconv, args.repeat)
         met += report_case(case, results)
     print(machine_line(tool_versions))
     print(f"\ntarget met on {met}/{len(args.case_list)} cases")
