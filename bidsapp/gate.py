@@ -128,7 +128,7 @@ def run_gate(
     hits = [h for root in (bids_root, derivatives, sourcedata) if root.is_dir()
             for h in scan_tree(root, ids)]  # fmt: skip
     report.phi = {**ids.to_json(), "hits": [asdict(h) for h in hits]}
-    if hits and not report.failure:
+    if hits:  # named above any other failure: it is the one that must never be missed
         report.failure, report.exit_code = "patient data found", 65
     report.passed = not report.failure
     return report

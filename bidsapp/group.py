@@ -108,8 +108,10 @@ def _read_json(store: Store, path: str) -> dict[str, Any]:
     try:
         data = json.loads(store.read_bytes(path))
     except (json.JSONDecodeError, UnicodeDecodeError):
-        logger.warning("{} is not valid JSON; it is kept as {}.invalid", path, path)
-        store.write_bytes(f"{path}.invalid", store.read_bytes(path))
+        # A person's broken edit is kept out of the dataset but never thrown away.
+        keep = f".bidsapp/invalid/{path}"
+        logger.warning("{} is not valid JSON; a copy is kept as {}", path, keep)
+        store.write_bytes(keep, store.read_bytes(path))
         return {}
     return data if isinstance(data, dict) else {}
 
