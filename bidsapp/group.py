@@ -155,14 +155,7 @@ def _derivative_description(store: Store) -> None:
 
 
 def _participants(store: Store, labels: list[str], fields: tuple[str, ...]) -> None:
-    rows: dict[str, dict[str, str]] = {}
-    columns = ["participant_id"]
-    if store.exists("participants.tsv"):
-        reader = csv.DictReader(
-            io.StringIO(store.read_bytes("participants.tsv").decode()), delimiter="\t"
-        )
-        columns = list(reader.fieldnames or columns)
-        rows = {r["participant_id"]: r for r in reader if r.get("participant_id")}
+    columns, rows = _read_tsv(store, "participants.tsv", "participant_id")
     for name in fields:
         if name not in columns:
             columns.append(name)
@@ -170,17 +163,12 @@ def _participants(store: Store, labels: list[str], fields: tuple[str, ...]) -> N
     if not published and not rows:
         return  # an empty participants.tsv fails validation; nothing to list yet
     orphans = {pid: row for pid, row in rows.items() if pid not in published}
-    if orphans:
-        # Curated rows for subjects not (or no longer) published: set aside, never dropped.
-        logger.warning(
-            "{} participants.tsv rows have no published subject; kept aside", len(orphans)
-        )
-        _write_tsv(store, ".bidsapp/participants.unpublished.tsv", columns, list(orphans.values()))
+    _set_aside(store, ".bidsapp/unpublished/participants.tsv", "participant_id", columns, orphans)
     out = []
     for pid in sorted(published):
         row = dict(rows.get(pid, {}))
         row["participant_id"] = pid
-        demo = _read_json(store, f"derivatives/bidsapp/{pid}/demographics.json") if fields else {}
+        demo = _demographics(store, pid) if fields else {}
         for name in fields:
             if row.get(name, "n/a") in ("", "n/a") and demo.get(name):
                 row[name] = _demographic(name, demo[name])
@@ -191,6 +179,40 @@ def _participants(store: Store, labels: list[str], fields: tuple[str, ...]) -> N
         if name in FIELD_DOCS and name != "participant_id":
             sidecar.setdefault(name, FIELD_DOCS[name])
     _write_json(store, "participants.json", sidecar)
+
+
+def _read_tsv(store: Store, path: str, key: str) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """Columns and rows (by `key`) of a TSV a person may have saved from a spreadsheet."""
+    if not store.exists(path):
+        return [key], {}
+    text = store.read_bytes(path).decode("utf-8-sig")  # spreadsheets add a byte-order mark
+    reader = csv.DictReader(io.StringIO(text), delimiter="\t")
+    columns = list(reader.fieldnames or [key])
+    return columns, {r[key]: r for r in reader if r.get(key)}
+
+
+def _set_aside(
+    store: Store, path: str, key: str, columns: list[str], rows: dict[str, dict[str, str]]
+) -> None:
+    """Curated rows whose subject or session is not published: kept, merged with earlier ones."""
+    if not rows:
+        return
+    kept_columns, kept = _read_tsv(store, path, key)
+    merged = {**kept, **rows}
+    all_columns = list(dict.fromkeys([*kept_columns, *columns]))
+    logger.warning("{} curated rows have nothing published; kept in {}", len(rows), path)
+    _write_tsv(store, path, all_columns, [merged[k] for k in sorted(merged)])
+
+
+def _demographics(store: Store, pid: str) -> dict[str, Any]:
+    """What the subject's job recorded (a session job records it per session)."""
+    folder = f"derivatives/bidsapp/{pid}"
+    found = _read_json(store, f"{folder}/demographics.json")
+    if not found and store.exists(folder):
+        for entry in store.list(folder):
+            if entry.is_dir and entry.name.startswith("ses-"):
+                found = found or _read_json(store, f"{folder}/{entry.name}/demographics.json")
+    return found
 
 
 def _demographic(name: str, value: str) -> str:
@@ -212,7 +234,8 @@ def _write_tsv(store: Store, path: str, columns: list[str], rows: list[dict[str,
 
 
 def _bidsignore(store: Store) -> None:
-    text = store.read_bytes(".bidsignore").decode() if store.exists(".bidsignore") else ""
+    exists = store.exists(".bidsignore")
+    text = store.read_bytes(".bidsignore").decode("utf-8-sig") if exists else ""
     lines = text.splitlines()
     missing = [line for line in BIDSIGNORE_LINES if line not in lines]
     if missing or not store.exists(".bidsignore"):
@@ -234,13 +257,12 @@ def _sessions(store: Store, targets: list[tuple[Target, dict[str, Any]]]) -> Non
                 by_label.setdefault(target.label, set()).update(found)
     for label, sessions in by_label.items():
         path = f"sub-{label}/sub-{label}_sessions.tsv"
-        columns = ["session_id"]
-        rows: dict[str, dict[str, str]] = {}
-        if store.exists(path):
-            reader = csv.DictReader(io.StringIO(store.read_bytes(path).decode()), delimiter="\t")
-            columns = list(reader.fieldnames or columns)
-            rows = {r["session_id"]: r for r in reader if r.get("session_id")}
-        keep = [{**rows.get(f"ses-{s}", {}), "session_id": f"ses-{s}"} for s in sorted(sessions)]
+        columns, rows = _read_tsv(store, path, "session_id")
+        published = {f"ses-{s}" for s in sessions}
+        orphans = {sid: row for sid, row in rows.items() if sid not in published}
+        aside = f".bidsapp/unpublished/sub-{label}_sessions.tsv"
+        _set_aside(store, aside, "session_id", columns, orphans)
+        keep = [{**rows.get(sid, {}), "session_id": sid} for sid in sorted(published)]
         _write_tsv(store, path, columns, keep)
 
 
@@ -268,7 +290,11 @@ def _index(store: Store, targets: list[tuple[Target, dict[str, Any]]]) -> None:
     entries = []
     published = {(t.label, t.session) for t, _ in targets}
     for target, manifest in targets:
-        gate = _read_json(store, f"{target.deriv}/gate.json")
+        gate = {
+            **_read_json(store, f"{target.deriv}/gate.json"),
+            "subject": target.label,
+            "session": target.session,
+        }
         sidecars = {
             item["path"]: _read_json(store, item["path"])
             for item in manifest["files"]
