@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from bidsapp.cli_tree import print_tree
 from bidsapp.stores.local import LocalStore
 from bidsapp.subjects import extend_map, write_map
 from bidsapp.synthetic import Patient, write_session
@@ -45,3 +44,12 @@ def run_demo(root: Path) -> int:
     print(f"\nBIDS dataset in {output}:")
     print_tree(output)
     return code or group
+
+
+def print_tree(root: Path, hide: tuple[str, ...] = (".bidsapp",)) -> None:
+    """Print every file under root, indented by depth (bookkeeping folders hidden)."""
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if rel.parts[0] in hide:
+            continue
+        print(f"{'    ' * (len(rel.parts) - 1)}{rel.name}{'/' if path.is_dir() else ''}")

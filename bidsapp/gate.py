@@ -125,8 +125,8 @@ def run_gate(
             if not report.failure:
                 report.failure, report.exit_code = "validator could not run", 16
 
-    hits = [h for root in (bids_root, derivatives, sourcedata) if root.is_dir()
-            for h in scan_tree(root, ids)]  # fmt: skip
+    roots = [root for root in (bids_root, derivatives, sourcedata) if root.is_dir()]
+    hits = [hit for root in roots for hit in scan_tree(root, ids)]
     report.phi = {**ids.to_json(), "hits": [asdict(h) for h in hits]}
     if hits:  # named above any other failure: it is the one that must never be missed
         report.failure, report.exit_code = "patient data found", 65

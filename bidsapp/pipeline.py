@@ -6,6 +6,7 @@ own JSON log (redacted, published PHI-free) and its own status record.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import secrets
@@ -232,7 +233,9 @@ class Job:
         ]
         self._timed("gate", lambda: self._gate(report, converted.root, work))
         status.save(self.output, "gated")
-        _snapshot_log(work / "log.jsonl", local["deriv"] / "log.jsonl", self.ids)
+        (local["deriv"] / "log.jsonl").write_text(
+            _redacted_log(work / "log.jsonl", self.ids), encoding="utf-8"
+        )
 
         manifest = {
             "label": subject.label,
@@ -371,10 +374,10 @@ def _options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _snapshot_log(src: Path, dest: Path, ids: Identifiers) -> None:
+def _redacted_log(src: Path, ids: Identifiers) -> str:
     """The job's log so far, redacted again with every identifier now known."""
     lines = src.read_text(encoding="utf-8").splitlines() if src.exists() else []
-    dest.write_text("".join(ids.redact(line) + "\n" for line in lines), encoding="utf-8")
+    return "".join(ids.redact(line) + "\n" for line in lines)
 
 
 def _save_failure(output: Store, subject: Subject, ids: Identifiers, report: GateReport) -> str:
@@ -386,11 +389,6 @@ def _save_failure(output: Store, subject: Subject, ids: Identifiers, report: Gat
 
 def _save_failed_log(output: Store, subject: Subject, work: Path, ids: Identifiers) -> None:
     """The failed job's redacted log beside its GateReport, best effort."""
-    try:
-        _snapshot_log(work / "log.jsonl", work / "failed-log.jsonl", ids)
-        output.write_bytes(
-            f".bidsapp/failed/{subject.job_name}/log.jsonl",
-            (work / "failed-log.jsonl").read_bytes(),
-        )
-    except (BidsAppError, OSError):
-        pass
+    with contextlib.suppress(BidsAppError, OSError):
+        text = _redacted_log(work / "log.jsonl", ids)
+        output.write_bytes(f".bidsapp/failed/{subject.job_name}/log.jsonl", text.encode())

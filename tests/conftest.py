@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bidsapp.synthetic import DEFAULT_SERIES, Patient, Series, write_session
+from bidsapp.synthetic import Patient, Series, write_session
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DICOM = Path(os.environ.get("BIDSAPP_SHARED_DICOM", REPO.parent / "shared" / "dicom"))
@@ -119,6 +119,3 @@ def published_files(output: Path) -> list[str]:
 def error_lines(stderr: str) -> list[str]:
     """The console's ERROR lines."""
     return [line for line in stderr.splitlines() if " ERROR " in line]
-
-
-__all__ = ["DEFAULT_SERIES", "T1_ONLY", "need", "published_files", "shared_cases"]

@@ -24,9 +24,19 @@ PATIENT = Patient(
 FOLDER = "Conceição Zélia 2024"
 # Every identifier, raw and normalised, and as dcm2niix garbles UTF-8 (Latin-1 mojibake).
 NEEDLES = [
-    "Conceição", "conceicao", "Zélia", "zelia", "HX99812", "hx99812", "19640229",
-    "1964-02-29", "ACC77123", "Conceição^Zélia", "ConceiÃ§Ã£o", "ZÃ©lia",
-]  # fmt: skip
+    "Conceição",
+    "conceicao",
+    "Zélia",
+    "zelia",
+    "HX99812",
+    "hx99812",
+    "19640229",
+    "1964-02-29",
+    "ACC77123",
+    "Conceição^Zélia",
+    "ConceiÃ§Ã£o",
+    "ZÃ©lia",
+]
 
 
 def adversarial_exam(make_exam: MakeExam) -> Path:
@@ -82,9 +92,18 @@ def test_adversarial_exam_publishes_clean(
     text = everything_text(output) + part.stdout + part.stderr + group.stdout + group.stderr
     for needle in NEEDLES:
         assert needle.lower() not in text.lower(), f"an identifier ({len(needle)} chars) leaked"
-    ids = Identifiers.collect([{"PatientName": PATIENT.name, "PatientID": PATIENT.patient_id,
-                                "PatientBirthDate": PATIENT.birth_date,
-                                "AccessionNumber": PATIENT.accession}], FOLDER, "01")  # fmt: skip
+    ids = Identifiers.collect(
+        [
+            {
+                "PatientName": PATIENT.name,
+                "PatientID": PATIENT.patient_id,
+                "PatientBirthDate": PATIENT.birth_date,
+                "AccessionNumber": PATIENT.accession,
+            }
+        ],
+        FOLDER,
+        "01",
+    )
     assert scan_tree(output, ids) == []  # NIfTI header fields and DICOM copies included
     sidecar = json.loads((output / "sub-01/anat/sub-01_T1w.json").read_text())
     removed = {r.field for r in profile("basic") if r.action == "remove" and "*" not in r.field}
@@ -125,8 +144,10 @@ def test_shifted_dates_keep_intervals_and_hold_across_reruns_and_machines(
     make_exam("exam-b", seed=2, study_date="20240301")
     subject_map = write_map(tmp_path, [("exam-a", "01", "pre"), ("exam-b", "01", "post")])
     output = tmp_path / "out"
-    assert bidsapp(tmp_path / "source", output, "participant",
-                   "--subject-map", subject_map).returncode == 0  # fmt: skip
+    assert (
+        bidsapp(tmp_path / "source", output, "participant", "--subject-map", subject_map).returncode
+        == 0
+    )
     pre, post = acq_times(output, "pre")[0], acq_times(output, "post")[0]
     assert pre[:4] <= "1925" and post[:4] <= "1925"
     from datetime import datetime
@@ -135,16 +156,24 @@ def test_shifted_dates_keep_intervals_and_hold_across_reruns_and_machines(
     assert gap.days == 59 and gap.seconds == 0, "2024-01-02 10:15 to 2024-03-01 10:15"
 
     # A rerun (forced) and another machine (a copy of the map and its secret) agree.
-    assert bidsapp(tmp_path / "source", output, "participant", "--subject-map", subject_map,
-                   "--force").returncode == 0  # fmt: skip
+    assert (
+        bidsapp(
+            tmp_path / "source", output, "participant", "--subject-map", subject_map, "--force"
+        ).returncode
+        == 0
+    )
     assert acq_times(output, "pre")[0] == pre
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     for name in ("map.tsv", "map.secret"):
         shutil.copy(tmp_path / name, elsewhere / name)
     other = tmp_path / "out2"
-    assert bidsapp(tmp_path / "source", other, "participant",
-                   "--subject-map", elsewhere / "map.tsv").returncode == 0  # fmt: skip
+    assert (
+        bidsapp(
+            tmp_path / "source", other, "participant", "--subject-map", elsewhere / "map.tsv"
+        ).returncode
+        == 0
+    )
     assert acq_times(other, "post")[0] == post
 
     offset = date_offset("01", load_secret(tmp_path / "map.secret"))

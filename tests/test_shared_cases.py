@@ -104,9 +104,14 @@ def test_case_participant_then_group(case: str, tmp_path: Path, bidsapp: RunCli)
         derivs = [f for f in files if f.startswith("derivatives/bidsapp/sub-01/")]
         assert derivs == [
             f"derivatives/bidsapp/sub-01/{n}"
-            for n in ("figures/sub-01_ses-localizer_acq-3mm_phasediff.png", "gate.json",
-                      "log.jsonl", "manifest.json", "report.html")
-        ]  # fmt: skip
+            for n in (
+                "figures/sub-01_ses-localizer_acq-3mm_phasediff.png",
+                "gate.json",
+                "log.jsonl",
+                "manifest.json",
+                "report.html",
+            )
+        ]
         sidecars = [output / f for f in data if f.endswith(".json")]
         removed = {r.field for r in profile("basic") if r.action == "remove" and "*" not in r.field}
         for sidecar in sidecars:
