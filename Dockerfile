@@ -33,6 +33,8 @@ COPY pyproject.toml README.md ./
 COPY bidsapp ./bidsapp
 COPY heuristics ./heuristics
 
+# Pruned after install: the big libraries' test suites, and google-api-python-client's ~600
+# bundled discovery documents (110 MB) but Drive v3's, the only API bidsapp builds a client for.
 RUN python3 -m venv /opt/bidsapp \
  && /opt/bidsapp/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /tmp/wheels . \
  && /opt/bidsapp/bin/pip install --no-cache-dir \
@@ -45,6 +47,8 @@ RUN python3 -m venv /opt/bidsapp \
  && find /opt/bidsapp -depth -type d -name tests -path '*/site-packages/*/tests' \
       \( -path '*/numpy/*' -o -path '*/scipy/*' -o -path '*/pandas/*' -o -path '*/networkx/*' \) \
       -exec rm -rf {} + \
+ && find /opt/bidsapp -path '*/googleapiclient/discovery_cache/documents/*.json' \
+      ! -name drive.v3.json -delete \
  && rm -rf /tmp/wheels /root/.cache
 
 FROM ${BASE_IMAGE}

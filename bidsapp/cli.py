@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -33,6 +35,26 @@ def _label(text: str) -> str:
         return clean_label(text)
     except UsageError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _session(text: str) -> str:
+    try:
+        return clean_label(text, "session label")
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, not {text!r}")
+        return value
+
+    return parse
 
 
 def _fields(text: str) -> tuple[str, ...]:
@@ -71,6 +93,16 @@ def bids_app_parser() -> Parser:
         help="labels with or without 'sub-' (default: every subject)",
     )
     sel.add_argument(
+        "--session-label",
+        "--session_label",
+        dest="sessions",
+        nargs="+",
+        type=_session,
+        default=[],
+        metavar="SESSION",
+        help="only these sessions (with or without 'ses-') of the selected subjects",
+    )
+    sel.add_argument(
         "--subject-map", type=Path, metavar="TSV", help="source/participant/session map"
     )
     conv = parser.add_argument_group("conversion")
@@ -78,6 +110,12 @@ def bids_app_parser() -> Parser:
         "--heuristic",
         default=env("HEURISTIC", DEFAULT_HEURISTIC),
         help=f"heuristic name from heuristics/ or a path (default: {DEFAULT_HEURISTIC})",
+    )
+    conv.add_argument(
+        "--overrides",
+        type=Path,
+        metavar="FILE",
+        help="TOML/JSON file that skips or renames series and patches sidecar fields",
     )
     conv.add_argument("--force", action="store_true", help="reconvert even if nothing changed")
     conv.add_argument("--dry-run", action="store_true", help="read listings only; write nothing")
@@ -118,6 +156,38 @@ def bids_app_parser() -> Parser:
     work = parser.add_argument_group("work dir")
     work.add_argument("-w", "--work-dir", type=Path, help="where DICOMs are staged (0700)")
     work.add_argument("--keep-work", action="store_true", help="keep the work dir afterwards")
+    scale = parser.add_argument_group("many subjects")
+    scale.add_argument(
+        "--jobs",
+        type=_positive(int),
+        default=1,
+        metavar="N",
+        help="run up to N subjects (or sessions) at once, each in its own process",
+    )
+    scale.add_argument(
+        "--drive-rps",
+        type=_positive(float),
+        metavar="R",
+        help="Drive requests per second for this run, split between its jobs "
+        "(default: BIDSAPP_DRIVE_RPS or 10)",
+    )
+    scale.add_argument(
+        "--task-list",
+        type=Path,
+        metavar="TSV",
+        help="a frozen task list from 'bidsapp slurm write' (with --task-index)",
+    )
+    scale.add_argument(
+        "--task-index", type=int, metavar="I", help="the task list line to run (1 = first)"
+    )
+    drive = parser.add_argument_group("google drive")
+    drive.add_argument(
+        "--credentials",
+        type=Path,
+        metavar="JSON",
+        help="service-account key or user token (default: GOOGLE_APPLICATION_CREDENTIALS, "
+        "then the token of 'bidsapp auth login', then application default credentials)",
+    )
     grp = parser.add_argument_group("group level")
     grp.add_argument("--init", action="store_true", help="create the shared folders only")
     out = parser.add_argument_group("logging")
@@ -142,13 +212,30 @@ def run_bids_app(argv: Sequence[str]) -> int:
         kwargs["date_secret"] = args.subject_map.absolute().with_suffix(".secret")
     if args.deid != "none":
         profile(args.deid)  # an unknown profile is a usage error before any work
+    labels, sessions = tuple(dict.fromkeys(args.labels)), tuple(dict.fromkeys(args.sessions))
+    if args.task_list is not None or args.task_index is not None:
+        from bidsapp.slurm import read_task
+
+        if args.task_list is None or args.task_index is None:
+            raise UsageError("--task-list and --task-index go together")
+        if labels or sessions:
+            raise UsageError("--task-list replaces --participant-label and --session-label")
+        task = read_task(args.task_list, args.task_index)
+        labels, sessions = (task.label,), ((task.session,) if task.session else ())
+    if args.drive_rps is not None:
+        kwargs["drive_rps"] = args.drive_rps
+    if args.credentials is not None:
+        kwargs["credentials"] = args.credentials.expanduser().absolute()
     settings = Settings(
         source=args.source,
         output=args.output,
         level=args.analysis_level,
-        labels=tuple(dict.fromkeys(args.labels)),
+        labels=labels,
+        sessions=sessions,
+        jobs=args.jobs,
         subject_map=args.subject_map,
         heuristic=args.heuristic,
+        overrides=args.overrides.absolute() if args.overrides else None,
         force=args.force,
         dry_run=args.dry_run,
         participant_fields=args.participant_fields,
@@ -175,58 +262,306 @@ def cmd_subjects(argv: Sequence[str]) -> int:
     parser = Parser(prog="bidsapp subjects", description=cmd_subjects.__doc__)
     parser.add_argument("source")
     parser.add_argument("--subject-map", type=Path, required=True, metavar="TSV")
+    parser.add_argument("--credentials", type=Path, metavar="JSON", help="Google credentials")
     args = parser.parse_args(argv)
-    store = open_store(args.source)
+    creds = args.credentials.expanduser().absolute() if args.credentials else None
+    store = open_store(
+        args.source, settings=Settings(args.source, "", "", credentials=creds) if creds else None
+    )
     existing = read_map(args.subject_map) if args.subject_map.exists() else []
     subjects, added = extend_map(existing, store)
     write_map(args.subject_map, subjects)
     # The map's source column is PHI: report labels only.
     labels = ", ".join(f"sub-{s.label}" for s in subjects) or "none"
     print(f"{args.subject_map}: {len(subjects)} exam folders ({added} new): {labels}")
+    by_id = [s for s in subjects[len(existing) :] if s.source.startswith("id:")]
+    if by_id:
+        print(
+            f"{len(by_id)} exam folders share their names with others and are mapped by Drive "
+            f"id: {', '.join(f'sub-{s.label}' for s in by_id)}"
+        )
     return 0
 
 
 def cmd_status(argv: Sequence[str]) -> int:
-    """Print every job's last state from OUTPUT/.bidsapp/status."""
-    from bidsapp.publish import Target, published_manifest
-    from bidsapp.status import read_all
+    """Print every job's last state from OUTPUT/.bidsapp/status (with a map: never-run ones too)."""
+    from bidsapp.status import job_states
     from bidsapp.stores import open_store
+    from bidsapp.subjects import read_map
 
     parser = Parser(prog="bidsapp status", description=cmd_status.__doc__)
     parser.add_argument("output")
+    parser.add_argument(
+        "--subject-map", type=Path, metavar="TSV", help="also list subjects that never ran"
+    )
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--credentials", type=Path, metavar="JSON", help="for a Drive OUTPUT")
     args = parser.parse_args(argv)
-    store = open_store(args.output)
-    rows = []
-    for rec in sorted(read_all(store), key=lambda r: (r["label"], r["session"])):
-        complete = published_manifest(store, Target(rec["label"], rec["session"])) is not None
-        state = rec["state"]
-        if state in ("published", "skipped") and not complete:
-            state = "incomplete"
-        rows.append({**rec, "state": state, "published": complete})
+    expected = (
+        [(s.label, s.session) for s in read_map(args.subject_map)] if args.subject_map else None
+    )
+    settings = Settings(source="", output=args.output, level="status")
+    if args.credentials is not None:
+        settings = replace(settings, credentials=args.credentials.expanduser().absolute())
+    rows = job_states(open_store(args.output, settings=settings), expected)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         for r in rows:
             ses = f"ses-{r['session']}" if r["session"] else "-"
-            print(f"sub-{r['label']}\t{ses}\t{r['state']}\t{r['exit_code']}\t{r['error_class']}")
+            code = "-" if r["exit_code"] is None else r["exit_code"]
+            error = r["error_class"] + (" (retryable)" if r["retryable"] else "")
+            print(f"sub-{r['label']}\t{ses}\t{r['state']}\t{code}\t{error}")
+    return 0
+
+
+SLURM_RESERVED = (
+    "--participant-label",
+    "--participant_label",
+    "--session-label",
+    "--session_label",
+    "--jobs",
+    "--work-dir",
+    "-w",
+    "--drive-rps",
+    "--credentials",
+    "--task-list",
+    "--task-index",
+    "--init",
+)
+
+
+def cmd_slurm(argv: Sequence[str]) -> int:
+    """Write, submit or resubmit a SLURM array (one task per subject or session) and its group job.
+
+    Options after `--` go to every bidsapp call in the scripts (e.g. -- --heuristic reproin).
+    """
+    from bidsapp import slurm
+    from bidsapp.deid_profiles import load_secret
+    from bidsapp.publish import init_shared
+    from bidsapp.status import job_states
+    from bidsapp.stores import open_store
+    from bidsapp.subjects import read_map
+
+    args_in = list(argv)
+    extra = args_in[args_in.index("--") + 1 :] if "--" in args_in else []
+    args_in = args_in[: args_in.index("--")] if "--" in args_in else args_in
+    parser = Parser(
+        prog="bidsapp slurm",
+        description=cmd_slurm.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("action", choices=("write", "submit", "resubmit"))
+    parser.add_argument("source")
+    parser.add_argument("output")
+    parser.add_argument("--subject-map", type=Path, required=True, metavar="TSV")
+    parser.add_argument("--runtime", choices=slurm.RUNTIMES, default="none")
+    parser.add_argument("--image", default="", help="container image (SIF file or Docker tag)")
+    parser.add_argument(
+        "--array-limit", type=_positive(int), default=50, metavar="N", help="tasks at once"
+    )
+    parser.add_argument("--partition", default="")
+    parser.add_argument("--time", default="", help="per task, e.g. 02:00:00")
+    parser.add_argument("--mem", default="", help="per task, e.g. 8G")
+    parser.add_argument("--cpus", type=_positive(int), default=1, help="per task")
+    parser.add_argument(
+        "--drive-rps",
+        type=_positive(float),
+        metavar="R",
+        help="Drive budget for the whole array; each task gets R / array limit",
+    )
+    parser.add_argument("--credentials", type=Path, metavar="JSON", help="by file path only")
+    parser.add_argument(
+        "--bidsapp-cmd",
+        metavar="CMD",
+        help="how jobs start bidsapp with --runtime none (default: this installation's)",
+    )
+    parser.add_argument("--slurm-dir", type=Path, default=Path("bidsapp-slurm"), metavar="DIR")
+    args = parser.parse_args(args_in)
+    if args.runtime != "none" and not args.image:
+        raise UsageError(f"--runtime {args.runtime} needs --image")
+    reserved = [a for a in extra if a.split("=")[0] in SLURM_RESERVED]
+    if reserved:
+        raise UsageError(f"{reserved[0]} is set by the scripts; it cannot follow '--'")
+    passed = bids_app_parser().parse_args([args.source, args.output, "participant", *extra])
+    subject_map = args.subject_map.absolute()
+    tasks = slurm.tasks_for(read_map(subject_map))
+    if passed.dates == "shift":  # made once here, not raced for by the first tasks
+        load_secret((passed.date_secret or subject_map.with_suffix(".secret")).absolute())
+
+    def where(location: str) -> str:
+        return location if location.startswith("gdrive:") else str(Path(location).absolute())
+
+    plan = slurm.Plan(
+        source=where(args.source),
+        output=where(args.output),
+        subject_map=subject_map,
+        slurm_dir=args.slurm_dir.absolute(),
+        runtime=args.runtime,
+        image=(
+            str(Path(args.image).absolute())
+            if args.runtime in ("apptainer", "singularity") and "://" not in args.image
+            else args.image
+        ),
+        array_limit=args.array_limit,
+        partition=args.partition,
+        time=args.time,
+        mem=args.mem,
+        cpus=args.cpus,
+        drive_rps=args.drive_rps or Settings(source="", output="", level="").drive_rps,
+        credentials=args.credentials.absolute() if args.credentials else None,
+        extra=tuple(extra),
+    )
+    if args.bidsapp_cmd:
+        plan = replace(plan, bidsapp_cmd=tuple(shlex.split(args.bidsapp_cmd)))
+    if args.action == "resubmit":
+        queued = slurm.queued_jobs(plan)
+        if queued:
+            raise UsageError(
+                f"{len(queued)} jobs for this OUTPUT are still queued or running",
+                hint=f"wait for them (squeue --name={plan.job_name}) or scancel them first",
+            )
+    settings = Settings(
+        source=plan.source,
+        output=plan.output,
+        level="group",
+        drive_rps=plan.drive_rps,
+        credentials=plan.credentials,
+    )
+    store = open_store(plan.output, for_output=True, settings=settings)
+    init_shared(store)  # `group --init`: shared folders exist before the tasks fan out
+    if args.action == "resubmit":
+        rows = slurm.to_redo(job_states(store, [(t.label, t.session) for t in tasks]))
+        for row in rows:
+            code = "" if row["exit_code"] is None else f", exit {row['exit_code']}"
+            retry = ", retryable" if row["retryable"] else ""
+            name = slurm.Task(row["label"], row["session"]).job_name
+            print(f"{name}: {row['state']}{code}{retry}")
+        if not rows:
+            print("nothing to resubmit: every task is published")
+            return 0
+        tasks = [slurm.Task(r["label"], r["session"]) for r in rows]
+    batch = slurm.write_batch(plan, tasks)
+    limit = min(plan.array_limit, len(tasks))
+    rate = slurm.per_task_rps(plan.drive_rps, plan.array_limit, len(tasks))
+    print(
+        f"{batch.folder}: {len(tasks)} tasks, at most {limit} at once, "
+        f"{rate:.3g} Drive requests/s each"
+    )
+    if args.action == "write":
+        print(f"submit: jid=$(sbatch --parsable {shlex.quote(str(batch.participant))})")
+        print(f"        sbatch --dependency=afterany:$jid {shlex.quote(str(batch.group))}")
+        return 0
+    array, group = slurm.submit(batch)
+    print(f"array job {array}\ngroup job {group} (after the array)")
+    return 0
+
+
+def cmd_auth(argv: Sequence[str]) -> int:
+    """Google sign-in for Drive: 'login' makes a user token once; 'whoami' shows the identity."""
+    from bidsapp.stores import drive_auth
+
+    parser = Parser(prog="bidsapp auth", description=cmd_auth.__doc__)
+    sub = parser.add_subparsers(dest="action", required=True)
+    login = sub.add_parser("login", help="sign in as a person (installed-app OAuth flow)")
+    login.add_argument(
+        "--client-secrets",
+        type=Path,
+        required=True,
+        metavar="JSON",
+        help="your OAuth client (Desktop app) downloaded from Google Cloud",
+    )
+    login.add_argument("--no-browser", action="store_true", help="print the URL instead")
+    login.add_argument("--port", type=int, default=8765, help="local redirect port (ssh -L)")
+    login.add_argument("--readonly", action="store_true", help="only read Drive (no publishing)")
+    login.add_argument("--token", type=Path, help="where to keep the token (0600)")
+    who = sub.add_parser("whoami", help="the identity bidsapp would use for Drive")
+    who.add_argument("--credentials", type=Path, metavar="JSON")
+    args = parser.parse_args(argv)
+    if args.action == "login":
+        token = args.token or drive_auth.default_token_path()
+        drive_auth.login(
+            args.client_secrets,
+            token,
+            browser=not args.no_browser,
+            port=args.port,
+            readonly=args.readonly,
+        )
+        print(f"signed in; token saved to {token} (readable by you only)")
+        return 0
+    from bidsapp.pacer import Backoff, Pacer
+    from bidsapp.stores.drive_api import DriveClient, drive_url
+
+    identity = drive_auth.load_identity(args.credentials, write=False)
+    client = DriveClient(identity, Pacer(5, backoff=Backoff(0.5, 4, 3)), url=drive_url())
+    client.email()
+    print(identity.describe())
     return 0
 
 
 def cmd_demo(argv: Sequence[str]) -> int:
-    """Make synthetic exams, convert, gate and publish them locally, and print the dataset."""
+    """Synthetic exams through the whole flow on a built-in Drive emulator (no Google account)."""
     from bidsapp.demo import run_demo
 
     parser = Parser(prog="bidsapp demo", description=cmd_demo.__doc__)
     parser.add_argument("--dir", type=Path, default=Path("bidsapp-demo"), help="where to put it")
+    parser.add_argument(
+        "--local", action="store_true", help="local folders instead of the built-in Drive emulator"
+    )
     args = parser.parse_args(argv)
-    return run_demo(args.dir)
+    return run_demo(args.dir, local=args.local)
+
+
+def cmd_emulator(argv: Sequence[str]) -> int:
+    """Run the Drive v3 emulator in the foreground (for the demo and manual tests)."""
+    from bidsapp.emulator.foreground import run_foreground
+
+    parser = Parser(prog="bidsapp emulator", description=cmd_emulator.__doc__)
+    parser.add_argument("--port", type=int, default=0, help="TCP port (default: any free one)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument(
+        "--state", type=Path, metavar="DIR", help="keep files and identities here across restarts"
+    )
+    parser.add_argument("--latency", type=float, default=0.0, metavar="S", help="per request")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fault schedule")
+    parser.add_argument("--bandwidth", type=float, metavar="B", help="bytes/s per response")
+    parser.add_argument(
+        "--service-account",
+        default="bidsapp@bidsapp-emulator.iam.gserviceaccount.com",
+        metavar="EMAIL",
+        help="identity of the service-account key file written at start",
+    )
+    parser.add_argument("--shared-drive", metavar="NAME", help="also create this shared drive")
+    parser.add_argument("--user", metavar="EMAIL", help="also write a user token for EMAIL")
+    args = parser.parse_args(argv)
+    return run_foreground(
+        port=args.port,
+        host=args.host,
+        state_dir=args.state,
+        latency=args.latency,
+        seed=args.seed,
+        bandwidth=args.bandwidth,
+        service_account=args.service_account,
+        shared_drive=args.shared_drive,
+        user=args.user,
+    )
+
+
+def cmd_inspect(argv: Sequence[str]) -> int:
+    """Print each series of one exam and the BIDS name it gets, or why it is skipped."""
+    from bidsapp.inspection import run_inspect
+
+    return run_inspect(argv)
 
 
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "subjects": cmd_subjects,
+    "inspect": cmd_inspect,
     "status": cmd_status,
+    "slurm": cmd_slurm,
     "demo": cmd_demo,
+    "emulator": cmd_emulator,
+    "auth": cmd_auth,
 }
 
 

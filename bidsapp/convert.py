@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bidsapp.classify import Decision, output_names
 from bidsapp.errors import BadInputData, UsageError
+from bidsapp.finish import PLAN_ENV, PlanEntry, finish, read_plan
+from bidsapp.headers import inventory
+from bidsapp.overrides import ENV as OVERRIDES_ENV
+from bidsapp.overrides import dump as dump_overrides
+from bidsapp.overrides import load as load_overrides
 from bidsapp.stage import StagedExam
 from bidsapp.subjects import Subject
 from bidsapp.tools import ToolFailed, run
@@ -32,6 +38,7 @@ class Heuristic:
     path: Path
     sha256: str
     expected: tuple[str, ...] = ()  # glob patterns under sub-<L>/ that must each match a file
+    overrides: Path | None = None  # the study's validated overrides file (--overrides)
 
 
 @dataclass
@@ -48,6 +55,7 @@ class SeriesRow:
     files: int
     outputs: list[str] = field(default_factory=list)
     reason: str = ""
+    note: str = ""  # what else happened to a converted series (e.g. a side product removed)
 
 
 @dataclass
@@ -65,8 +73,12 @@ def heuristic_dirs() -> list[Path]:
     return [d for d in (HEURISTICS_DIR, _REPO_HEURISTICS) if d.is_dir()]
 
 
-def load_heuristic(spec: str) -> Heuristic:
-    """Resolve `--heuristic` (a name from heuristics/ or a path) and check it loads."""
+def load_heuristic(spec: str, overrides: Path | None = None) -> Heuristic:
+    """Resolve `--heuristic` (a name from heuristics/ or a path) and check it loads.
+
+    The overrides file is checked here too, before any work, and counts in the digest: a
+    changed override reconverts like a changed heuristic.
+    """
     path = Path(spec).expanduser()
     if not (spec.endswith(".py") or "/" in spec):
         found = [d / f"{spec}.py" for d in heuristic_dirs() if (d / f"{spec}.py").is_file()]
@@ -91,8 +103,12 @@ def load_heuristic(spec: str) -> Heuristic:
     if not callable(getattr(module, "infotodict", None)):
         raise UsageError(f"heuristic {path.name} defines no infotodict(seqinfo)")
     expected = tuple(getattr(module, "EXPECTED_FILES", ()) or ())
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return Heuristic(path.stem, path.resolve(), digest, expected)
+    digest = hashlib.sha256(path.read_bytes())
+    if overrides is not None:
+        load_overrides(overrides)
+        digest.update(b"\0overrides\0" + overrides.read_bytes())
+        overrides = overrides.absolute()
+    return Heuristic(path.stem, path.resolve(), digest.hexdigest(), expected, overrides)
 
 
 def conversion_units(staged: StagedExam, subject: Subject) -> list[tuple[list[Path], str]]:
@@ -122,12 +138,20 @@ def heudiconv_argv(
 
 
 def convert(staged: StagedExam, subject: Subject, heuristic: Heuristic, work: Path) -> Converted:
-    """Run heudiconv once per study and collect the subject tree."""
+    """Run heudiconv once per study, finish the sidecars, and collect the subject tree."""
     out = work / "heudiconv"
-    for folders, session in conversion_units(staged, subject):
+    env: dict[str, str] = {}
+    if heuristic.overrides is not None:
+        normalized = work / "overrides.json"
+        dump_overrides(load_overrides(heuristic.overrides), normalized)
+        env[OVERRIDES_ENV] = str(normalized)
+    plans: list[tuple[str, list[Path], Path]] = []
+    for k, (folders, session) in enumerate(conversion_units(staged, subject), start=1):
         argv = heudiconv_argv(folders, subject.label, session, heuristic.path, out)
+        plan_file = work / f"plan-{k}.json"
+        plans.append((session, folders, plan_file))
         try:
-            run(argv, cwd=work)
+            run(argv, cwd=work, env={**env, PLAN_ENV: str(plan_file)})
         except ToolFailed as exc:
             raise BadInputData(
                 f"heudiconv could not convert this exam with heuristic {heuristic.name!r}: "
@@ -139,12 +163,98 @@ def convert(staged: StagedExam, subject: Subject, heuristic: Heuristic, work: Pa
     if bids.exists():
         shutil.rmtree(bids)
     bids.mkdir()
-    files: list[str] = []
     if subject_dir.is_dir():
         shutil.copytree(subject_dir, bids / subject_dir.name, symlinks=False)
+    series: list[SeriesRow] = []
+    for session, folders, plan_file in plans:
+        if plan_file.is_file():
+            entries = read_plan(plan_file)
+            notes = finish(bids, subject.label, session, entries)
+            rows = plan_table(entries, folders, subject.label, session, bids)
+            for row in rows:
+                row.note = notes.get(row.series_id, "")
+            series += rows
+    files: list[str] = []
+    if (bids / subject_dir.name).is_dir():
         files = sorted(p.relative_to(bids).as_posix() for p in bids.rglob("*") if p.is_file())
+    if not plans or not all(p.is_file() for _, _, p in plans):
+        series = _series_table(out, subject.label)
     found_sessions = sorted(p.name[4:] for p in (bids / subject_dir.name).glob("ses-*"))
-    return Converted(bids, files, _series_table(out, subject.label), found_sessions)
+    return Converted(bids, files, series, found_sessions)
+
+
+def full_stem(name: str, label: str, session: str) -> str:
+    """'anat/acq-x_T1w' → 'sub-01[/ses-1]/anat/sub-01[_ses-1]_acq-x_T1w'."""
+    datatype, _, rest = name.partition("/")
+    folder = f"sub-{label}" + (f"/ses-{session}" if session else "")
+    prefix = f"sub-{label}" + (f"_ses-{session}" if session else "")
+    return f"{folder}/{datatype}/{prefix}_{rest}"
+
+
+def plan_table(
+    entries: list[PlanEntry],
+    folders: list[Path],
+    label: str,
+    session: str,
+    bids: Path | None,
+) -> list[SeriesRow]:
+    """The series table from the heuristic's decisions, plus series heudiconv never listed.
+
+    With `bids` (after conversion) a predicted file that is absent is reported, so the table
+    says what was really written; without it (inspect) the table is the prediction.
+    """
+    rows: list[SeriesRow] = []
+    seen: set[tuple[int, str]] = set()
+    for decision, h in entries:
+        seen.add((h.number, h.description))
+        stems = [full_stem(n, label, session) for n in output_names(decision, h)]
+        reason = decision.reason
+        if bids is not None and stems:
+            missing = [s for s in stems if not (bids / f"{s}.nii.gz").is_file()]
+            if missing:
+                reason = "heudiconv/dcm2niix wrote no image for " + ", ".join(
+                    Path(s).name for s in missing
+                )
+                stems = [s for s in stems if s not in missing]
+        rows.append(_row(session, decision, h, stems, reason))
+    staged = sum(1 for folder in folders for f in folder.rglob("*") if f.is_file())
+    if staged == sum(h.files for _, h in entries):
+        return rows  # heudiconv listed every file: no series is left to find
+    for folder in folders:
+        for inv in inventory(folder):
+            if (inv.number, inv.description) in seen:
+                continue
+            seen.add((inv.number, inv.description))
+            rows.append(
+                SeriesRow(
+                    session,
+                    str(inv.number),
+                    inv.description,
+                    inv.image_type,
+                    "",
+                    "",
+                    "",
+                    inv.files,
+                    [],
+                    f"non-image series ({inv.sop_class or 'no pixel data'}): not convertible",
+                )
+            )
+    return rows
+
+
+def _row(session: str, d: Decision, h: Any, stems: list[str], reason: str) -> SeriesRow:
+    return SeriesRow(
+        session,
+        d.series_id,
+        h.description,
+        "\\".join(h.image_type),
+        "x".join(str(v) for v in h.dims),
+        f"{h.tr:g}" if h.tr else "",
+        f"{h.te:g}" if h.te else "",
+        h.files,
+        stems,
+        "" if stems else reason,
+    )
 
 
 def _series_table(out: Path, label: str) -> list[SeriesRow]:
@@ -191,3 +301,30 @@ def _series_table(out: Path, label: str) -> list[SeriesRow]:
                         )
                     )
     return rows
+
+
+def survey(
+    staged: StagedExam, subject: Subject, heuristic: Heuristic, work: Path
+) -> list[SeriesRow]:
+    """What `convert` would make of the exam, without converting (heudiconv -c none)."""
+    out = work / "survey"
+    env: dict[str, str] = {}
+    if heuristic.overrides is not None:
+        normalized = work / "overrides.json"
+        dump_overrides(load_overrides(heuristic.overrides), normalized)
+        env[OVERRIDES_ENV] = str(normalized)
+    rows: list[SeriesRow] = []
+    for k, (folders, session) in enumerate(conversion_units(staged, subject), start=1):
+        argv = heudiconv_argv(folders, subject.label, session, heuristic.path, out)
+        argv[argv.index("dcm2niix")] = "none"
+        plan_file = work / f"survey-plan-{k}.json"
+        try:
+            run(argv, cwd=work, env={**env, PLAN_ENV: str(plan_file)})
+        except ToolFailed as exc:
+            raise BadInputData(
+                f"heudiconv could not read this exam with heuristic {heuristic.name!r}: "
+                f"{exc.tail.splitlines()[-1] if exc.tail else exc.code}"
+            ) from exc
+        if plan_file.is_file():
+            rows += plan_table(read_plan(plan_file), folders, subject.label, session, None)
+    return rows if rows else _series_table(out, subject.label)

@@ -54,10 +54,16 @@ class GateReport:
         return ids.redact(text) if ids is not None else text
 
 
-def validate(dataset: Path, report_path: Path) -> tuple[list[Finding], dict[str, Any]]:
-    """Run the BIDS validator on a dataset; an absent or crashing validator raises ToolFailed."""
+def validate(
+    dataset: Path, report_path: Path, *, recursive: bool = False
+) -> tuple[list[Finding], dict[str, Any]]:
+    """Run the BIDS validator on a dataset (`recursive`: derivatives too, as `-r`).
+
+    An absent or crashing validator raises ToolFailed.
+    """
     run(
-        ["bids-validator-deno", str(dataset), "--format", "json", "-o", str(report_path)],
+        ["bids-validator-deno", str(dataset), "--format", "json", "-o", str(report_path)]
+        + (["-r"] if recursive else []),
         ok_codes=(0, 16),
         timeout=1800,
     )

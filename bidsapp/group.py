@@ -9,7 +9,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import posixpath
 import re
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from loguru import logger
 
 from bidsapp.errors import ValidationFailed
 from bidsapp.gate import BIDS_VERSION, validate
-from bidsapp.publish import Target, init_shared, published_manifest
+from bidsapp.publish import DERIVATIVE, INDEX, Target, init_shared, published_manifest
 from bidsapp.report_index import index_entry, render_index
 from bidsapp.settings import Settings
 from bidsapp.status import read_all
@@ -36,21 +38,13 @@ FIELD_DOCS = {
 }
 README_TEXT = """# BIDS dataset
 
-Converted from DICOM by bidsapp. Subjects are de-identified; see derivatives/bidsapp/ for each
-subject's conversion report, gate report and provenance.
+Converted from DICOM by bidsapp. Subjects are de-identified; derivatives/bidsapp/log/index.html
+links each subject's conversion report, gate report and provenance.
 """
 BIDSIGNORE_LINES = ("extra_data", "**/extra_data/**")
-# The conversion reports are not BIDS derivative files: the validator (with -r) skips them.
-DERIVATIVE_IGNORES = (
-    "*.html",
-    "**/*.html",
-    "**/figures",
-    "**/figures/**",
-    "**/gate.json",
-    "**/manifest.json",
-    "**/log.jsonl",
-    "**/demographics.json",
-)
+# Reports and records live in `log/` folders, which validators skip by default (3.0.2 with -r reads
+# no .bidsignore inside a derivative); this file says so for tools that only read .bidsignore.
+DERIVATIVE_IGNORES = ("log", "**/log/**")
 
 
 def published_targets(store: Store) -> list[tuple[Target, dict[str, Any]]]:
@@ -77,7 +71,7 @@ def published_targets(store: Store) -> list[tuple[Target, dict[str, Any]]]:
 
 def run_group(settings: Settings) -> int:
     """Write the dataset-level files and validate the dataset (16 when it fails)."""
-    store = open_store(settings.output, for_output=True)
+    store = open_store(settings.output, for_output=True, settings=settings)
     init_shared(store)
     if settings.init_only:
         logger.info("shared folders ready in {}", store.describe())
@@ -99,7 +93,7 @@ def run_group(settings: Settings) -> int:
     _task_files(store, targets)
     _derivative_description(store)
     _index(store, targets)
-    return _validate(store)
+    return _validate(store, settings.work_dir)
 
 
 def _read_json(store: Store, path: str) -> dict[str, Any]:
@@ -206,12 +200,16 @@ def _set_aside(
 
 def _demographics(store: Store, pid: str) -> dict[str, Any]:
     """What the subject's job recorded (a session job records it per session)."""
-    folder = f"derivatives/bidsapp/{pid}"
-    found = _read_json(store, f"{folder}/demographics.json")
+    label = pid.removeprefix("sub-")
+    found = _read_json(store, f"{Target(label).deriv}/demographics.json")
+    folder = f"{DERIVATIVE}/{pid}"
     if not found and store.exists(folder):
         for entry in store.list(folder):
             if entry.is_dir and entry.name.startswith("ses-"):
-                found = found or _read_json(store, f"{folder}/{entry.name}/demographics.json")
+                session = entry.name.removeprefix("ses-")
+                found = found or _read_json(
+                    store, f"{Target(label, session).deriv}/demographics.json"
+                )
     return found
 
 
@@ -286,7 +284,7 @@ def _task_files(store: Store, targets: list[tuple[Target, dict[str, Any]]]) -> N
 
 
 def _index(store: Store, targets: list[tuple[Target, dict[str, Any]]]) -> None:
-    """derivatives/bidsapp/index.html: every job's state and report, and what differs."""
+    """derivatives/bidsapp/log/index.html: every job's state and report, and what differs."""
     entries = []
     published = {(t.label, t.session) for t, _ in targets}
     for target, manifest in targets:
@@ -300,7 +298,7 @@ def _index(store: Store, targets: list[tuple[Target, dict[str, Any]]]) -> None:
             for item in manifest["files"]
             if item["path"].endswith(".json") and item["path"].startswith("sub-")
         }
-        href = f"{target.data}/report.html"
+        href = posixpath.relpath(f"{target.deriv}/report.html", posixpath.dirname(INDEX))
         entries.append(index_entry(gate, sidecars, "published", href))
     for record in read_all(store):
         key = (record.get("label", ""), record.get("session", ""))
@@ -311,22 +309,56 @@ def _index(store: Store, targets: list[tuple[Target, dict[str, Any]]]) -> None:
         gate = gate or {"subject": key[0], "session": key[1], "failure": record.get("error_class")}
         entries.append(index_entry(gate, {}, str(record.get("state", "unknown")), ""))
     entries.sort(key=lambda e: (str(e["label"]), str(e["session"])))
-    store.write_bytes("derivatives/bidsapp/index.html", render_index(entries).encode())
+    store.write_bytes(INDEX, render_index(entries).encode())
     text = "".join(f"{line}\n" for line in DERIVATIVE_IGNORES)
     path = "derivatives/bidsapp/.bidsignore"
     if not store.exists(path) or store.read_bytes(path).decode() != text:
         store.write_bytes(path, text.encode())
 
 
-def _validate(store: Store) -> int:
-    if not isinstance(store, LocalStore):
-        raise NotImplementedError("whole-dataset validation of a remote OUTPUT")
-    report = Path(store.root) / ".bidsapp" / "group-validation.json"
+NIFTI_HEAD = 64 * 1024  # the validator reads NIfTI headers only; a cut .nii.gz validates
+
+
+def _mirror(store: Store, dest: Path) -> None:
+    """A remote dataset as the validator needs it: NIfTI files as their first 64 KB (Range),
+    everything else whole; bookkeeping and `log/` folders (which validators skip) left out."""
+    heads: list[tuple[str, Path]] = []
+    whole: list[tuple[str, Path]] = []
+    for n, (rel, _) in enumerate(store.walk("")):
+        if rel.startswith(".bidsapp/") or "/log/" in f"/{rel}":
+            continue
+        local = dest / rel
+        if dest not in local.parents:  # the store's own names; never let one climb out
+            raise ValueError(f"unexpected name in OUTPUT: file {n}")
+        local.parent.mkdir(parents=True, exist_ok=True)
+        (heads if rel.endswith((".nii", ".nii.gz")) else whole).append((rel, local))
+    store.download_many(whole)
+    for rel, local in heads:
+        local.write_bytes(store.read_head(rel, NIFTI_HEAD))
+
+
+def _validate(store: Store, work_dir: Path) -> int:
+    if isinstance(store, LocalStore):
+        return _validate_folder(Path(store.root), Path(store.root) / ".bidsapp", store)
+    work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="group-", dir=work_dir) as tmp:
+        dataset = Path(tmp) / "dataset"
+        dataset.mkdir()
+        _mirror(store, dataset)
+        return _validate_folder(dataset, Path(tmp), store)
+
+
+def _validate_folder(dataset: Path, report_dir: Path, store: Store) -> int:
+    report = report_dir / "group-validation.json"
     try:
-        findings, _ = validate(Path(store.root), report)
+        findings, _ = validate(dataset, report, recursive=True)
     except (ToolFailed, ValueError, OSError) as exc:
         # Gates fail closed: a validator that cannot run is a failed validation.
         raise ValidationFailed(f"the BIDS validator could not run: {exc}") from exc
+    where = str(report)
+    if not isinstance(store, LocalStore):
+        store.write_bytes(".bidsapp/group-validation.json", report.read_bytes())
+        where = f"{store.describe()}/.bidsapp/group-validation.json"
     errors = [f for f in findings if f.severity == "error"]
     warnings = sum(f.severity == "warning" for f in findings)
     logger.info("dataset validation: {} errors, {} warnings", len(errors), warnings)
@@ -334,6 +366,6 @@ def _validate(store: Store) -> int:
         codes = sorted({f.code for f in errors})
         raise ValidationFailed(
             f"the dataset fails BIDS validation ({len(errors)} errors: {', '.join(codes)})",
-            hint=f"see {report}",
+            hint=f"see {where}",
         )
     return 0

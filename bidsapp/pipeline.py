@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from loguru import logger
 
-from bidsapp import logs
+from bidsapp import logs, preempt
 from bidsapp.convert import Heuristic, convert, load_heuristic
 from bidsapp.deid import deface, deidentify, deidentify_dicoms
 from bidsapp.deid_profiles import date_offset, dicom_seed, load_secret
@@ -35,7 +35,7 @@ from bidsapp.settings import Settings
 from bidsapp.stage import StagedExam, stage
 from bidsapp.status import StatusRecord
 from bidsapp.stores import Store, open_store
-from bidsapp.subjects import Subject, from_folder_names, read_map, select
+from bidsapp.subjects import Subject, from_folder_names, read_map, select, select_sessions
 from bidsapp.tools import versions
 
 T = TypeVar("T")
@@ -59,7 +59,7 @@ def new_run_id() -> str:
 def load_subjects(settings: Settings, source: Store) -> list[Subject]:
     """The map's subjects, or folders already named as labels; narrowed to the labels asked for."""
     subjects = read_map(settings.subject_map) if settings.subject_map else from_folder_names(source)
-    return select(subjects, settings.labels, "SOURCE")
+    return select_sessions(select(subjects, settings.labels, "SOURCE"), settings.sessions)
 
 
 def fingerprint(source: Store, subject: Subject, heuristic: Heuristic) -> str:
@@ -73,13 +73,23 @@ def fingerprint(source: Store, subject: Subject, heuristic: Heuristic) -> str:
 
 def run_participant(settings: Settings) -> int:
     """Every selected subject in map order; the exit code of the first failure, else 0."""
-    source = open_store(settings.source)
-    output = open_store(settings.output, for_output=not settings.dry_run)
-    heuristic = load_heuristic(settings.heuristic)
+    source = open_store(settings.source, settings=settings)
+    output = open_store(settings.output, for_output=not settings.dry_run, settings=settings)
+    heuristic = load_heuristic(settings.heuristic, settings.overrides)
     subjects = load_subjects(settings, source)
     if not settings.dry_run:
         init_shared(output)
-    results = [run_job(settings, source, output, heuristic, s) for s in subjects]
+    if settings.jobs > 1 and len(subjects) > 1 and not settings.dry_run:
+        from bidsapp.fanout import run_many
+
+        results = run_many(settings, subjects)
+    else:
+        results = []
+        with preempt.sigterm_raises():
+            for subject in subjects:
+                results.append(run_job(settings, source, output, heuristic, subject))
+                if preempt.requested():
+                    break  # the scheduler wants the node back: the rest waits for a rerun
     if len(results) > 1:
         print_summary(results)
     failed = [r for r in results if r.exit_code]
@@ -150,12 +160,19 @@ class Job:
             state = self._steps(self.work)
             return JobResult(name, state, 0)
         except BidsAppError as exc:
+            if preempt.requested() and not isinstance(exc, preempt.Preempted):
+                exc = preempt.Preempted(f"stopped by SIGTERM while it failed: {exc}")
             message = logs.redactor(exc.one_line())
             self.log.error(message)
             self._failed(exc.exit_code, type(exc).__name__, retryable=exc.exit_code == 75)
             return JobResult(name, "failed", exc.exit_code, message)
         except Exception as exc:  # a bug: traceback to the log file, one line to the console
             self.log.debug(logs.redactor(traceback.format_exc()))
+            if preempt.requested():  # a tool killed by the same SIGTERM, not a bug
+                message = preempt.Preempted("stopped by SIGTERM").one_line()
+                self.log.error(message)
+                self._failed(75, "Preempted", retryable=True)
+                return JobResult(name, "failed", 75, message)
             message = logs.redactor(f"unexpected error: {type(exc).__name__}: {exc}")
             self.log.error(message)
             self._failed(1, type(exc).__name__, retryable=False)
@@ -171,6 +188,10 @@ class Job:
     def _steps(self, work: Path) -> str:
         settings, subject, log, status = self.settings, self.subject, self.log, self.status
         started = time.monotonic()
+        # An `id:<Drive id>` map row hides the exam folder's own name, an identifier all the same.
+        exam_name = self.source.folder_name(subject.source)
+        self.ids = self.ids.merge(Identifiers.collect([], exam_name, subject.label))
+        logs.redactor.add_identifiers(self.ids)
         log.info(
             "bidsapp job {} started",
             subject.job_name,
@@ -189,9 +210,7 @@ class Job:
         status.save(self.output, "started")
 
         staged = self._timed("stage", lambda: stage(self.source, subject.source, work))
-        self.ids = self.ids.merge(
-            Identifiers.collect(staged.headers, subject.exam_folder_name, subject.label)
-        )
+        self.ids = self.ids.merge(Identifiers.collect(staged.headers, exam_name, subject.label))
         logs.redactor.add_identifiers(self.ids)
         log.info(
             "staged {} DICOM files in {} stud{} ({} skipped, {} corrupt, {} with dates repaired)",

@@ -31,6 +31,7 @@ SHARED_FOLDERS = (
     "derivatives/bidsapp",
 )
 FAULT_ENV = "BIDSAPP_FAULT_AT"
+FAULT_SIGNAL_ENV = "BIDSAPP_FAULT_SIGNAL"
 # The points of the protocol at which a test may make the process kill itself.
 FAULT_POINTS = (
     "upload",
@@ -44,6 +45,8 @@ FAULT_POINTS = (
     "cleaned",
 )
 MANIFEST = "manifest.json"
+DERIVATIVE = "derivatives/bidsapp"
+INDEX = f"{DERIVATIVE}/log/index.html"
 PENDING = "pending-manifest.json"
 
 
@@ -64,7 +67,10 @@ class Target:
 
     @property
     def deriv(self) -> str:
-        return f"derivatives/bidsapp/{self.data}"
+        # Under `log/`, which the BIDS validator ignores at any depth: with `-r` it validates
+        # derivatives/bidsapp as a dataset of its own and reads no .bidsignore there (3.0.2),
+        # so report.html, figures and JSON records anywhere else would be errors.
+        return f"{DERIVATIVE}/{self.data}/log"
 
     @property
     def manifest(self) -> str:
@@ -81,10 +87,15 @@ class Target:
 
 
 def fault(point: str) -> None:
-    """Kill this process at a named protocol step when the test environment asks for it."""
+    """Signal this process at a named protocol step when the test environment asks for it.
+
+    SIGKILL by default; BIDSAPP_FAULT_SIGNAL=TERM (preemption) or STOP (freeze here, so a test
+    can send a real signal from outside) picks another.
+    """
     if os.environ.get(FAULT_ENV) == point:
-        logger.warning("fault injection: killing the process at '{}'", point)
-        os.kill(os.getpid(), signal.SIGKILL)
+        name = os.environ.get(FAULT_SIGNAL_ENV, "KILL")
+        logger.warning("fault injection: SIG{} at '{}'", name, point)
+        os.kill(os.getpid(), signal.Signals[f"SIG{name}"])
 
 
 def init_shared(store: Store) -> None:
@@ -189,11 +200,14 @@ def publish(
         for f in sorted(local[part].rglob("*"))
         if f.is_file()
     ]
-    for n, (part, f, path, rel) in enumerate(uploads):
-        md5 = store.upload(f, f"{incoming}/{part}/{rel}")
+    sends = [(f, f"{incoming}/{part}/{rel}") for part, f, _, rel in uploads]
+    half = len(sends) // 2 + 1  # the "upload" fault point falls halfway through
+    md5s = store.upload_many(sends[:half])
+    if sends:
+        fault("upload")
+    md5s += store.upload_many(sends[half:])
+    for (_, f, path, rel), md5 in zip(uploads, md5s, strict=True):
         files.append({"path": f"{path}/{rel}", "size": f.stat().st_size, "md5": md5})
-        if n == len(uploads) // 2:
-            fault("upload")
     fault("uploaded")
     manifest = {**manifest, "files": files}
     store.write_bytes(f"{incoming}/{PENDING}", json.dumps(manifest, indent=2).encode() + b"\n")

@@ -345,6 +345,8 @@ def _series_section(gate: dict[str, Any], anchors: dict[str, str]) -> str:
             link = anchors.get(bids_stem(str(out)))
             outputs.append(f'<a href="#{esc(link)}">{name}</a>' if link else name)
         result = "<br>".join(outputs) or f'<span class="reason">{esc(s.get("reason", ""))}</span>'
+        if s.get("note"):  # e.g. a side product dcm2niix wrote and bidsapp did not publish
+            result += f'<br><span class="muted">{esc(s["note"])}</span>'
         # heudiconv writes image types as a Python tuple: show just the words
         image_type = re.sub(r"[()\[\]']", "", str(s.get("image_type", "")))
         rows.append(

@@ -2,7 +2,7 @@
 
 ``group`` builds one entry per published (or failed) subject with :func:`index_entry` from the
 subject's gate.json and sidecars, then writes :func:`render_index`'s page as
-``derivatives/bidsapp/index.html``. Differences are worth a page of their own because a subject
+``derivatives/bidsapp/log/index.html``. Differences are worth a page of their own because a subject
 scanned with another protocol (a BOLD run with another TR, a T1w with another matrix) converts
 and validates cleanly, and is only caught by comparing subjects.
 """

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-DEFAULT_HEURISTIC = "reproin"
+DEFAULT_HEURISTIC = "auto"
 
 
 def env(name: str, default: str) -> str:
@@ -32,12 +32,16 @@ class Settings:
     """'participant' or 'group'."""
     labels: tuple[str, ...] = ()
     """Participant labels without 'sub-'; empty means every subject in the map."""
+    sessions: tuple[str, ...] = ()
+    """Session labels without 'ses-'; empty means every session of the selected subjects."""
     subject_map: Path | None = None
     """TSV mapping exam folders to labels (PHI: it stays with the user)."""
 
     # -- conversion
     heuristic: str = field(default_factory=lambda: env("HEURISTIC", DEFAULT_HEURISTIC))
     """A heuristic name from heuristics/ or a path to a heudiconv heuristic file."""
+    overrides: Path | None = None
+    """Per-study overrides (TOML/JSON): skip or rename series, patch sidecar fields."""
     force: bool = False
     """Reconvert even when the published manifest says nothing changed."""
     dry_run: bool = False
@@ -70,6 +74,18 @@ class Settings:
     """Where raw patient data is staged (0700); node-local scratch on a cluster."""
     keep_work: bool = False
     """Keep the work dir after the job (it is deleted otherwise, even after a failure)."""
+
+    # -- scale
+    jobs: int = 1
+    """Subjects (or subject/sessions) run at once, each in its own process."""
+    drive_rps: float = field(default_factory=lambda: float(env("DRIVE_RPS", "10")))
+    """Drive requests per second for this process (a parent running N jobs gives each 1/N)."""
+    credentials: Path | None = field(
+        default_factory=lambda: (
+            Path(env("CREDENTIALS", "")).absolute() if env("CREDENTIALS", "") else None
+        )
+    )
+    """Google credentials file (service-account key or user token); never logged or uploaded."""
 
     # -- group
     init_only: bool = False

@@ -92,12 +92,14 @@ def stage(store: Store, exam: str, work: Path) -> StagedExam:
     download = work / "download"
     download.mkdir(mode=0o700, parents=True, exist_ok=True)
     pending: list[tuple[str, Path]] = []
+    wanted: list[tuple[str, Path]] = []
     total_bytes = 0
     for n, (rel, entry) in enumerate(store.walk(exam)):
         local = download / f"{n:07d}"
-        store.download(f"{exam}/{rel}" if exam else rel, local)
+        wanted.append((f"{exam}/{rel}" if exam else rel, local))
         pending.append((rel, local))
         total_bytes += entry.size
+    store.download_many(wanted)  # in parallel where the store gains by it (Drive)
     if not pending:
         raise BadInputData(
             "the exam folder is empty", hint="check the subject map points at the exam"

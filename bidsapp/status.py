@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bidsapp.errors import BidsAppError
+from bidsapp.publish import Target, published_manifest
 from bidsapp.stores import Store
 
 STATES = ("started", "staged", "converted", "gated", "published", "skipped", "failed")
@@ -54,3 +55,26 @@ def read_all(store: Store) -> list[dict[str, Any]]:
             except (json.JSONDecodeError, UnicodeDecodeError):
                 continue
     return records
+
+
+def job_states(store: Store, expected: list[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
+    """Every job's last state, sorted by label and session.
+
+    `published` is true only when the job's manifest is present and matches its files. With
+    `expected` (label, session) pairs (from a subject map), jobs that never ran are 'missing'.
+    """
+    records = {(r["label"], r["session"]): r for r in read_all(store)}
+    rows = []
+    for key in sorted(set(records) | set(expected or ())):
+        record = records.get(key)
+        complete = published_manifest(store, Target(*key)) is not None
+        if record is None:
+            record = {"label": key[0], "session": key[1], "run_id": "", "exit_code": None}
+            record |= {"error_class": "", "retryable": False, "timings": {}, "updated": 0.0}
+            state = "published" if complete else "missing"
+        else:
+            state = record["state"]
+            if state in ("published", "skipped") and not complete:
+                state = "incomplete"
+        rows.append({**record, "state": state, "published": complete})
+    return rows

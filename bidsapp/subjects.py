@@ -119,14 +119,19 @@ def extend_map(existing: list[Subject], store: Store) -> tuple[list[Subject], in
     width = max((len(s.label) for s in existing if s.label.isdigit()), default=2)
     next_number = max((int(s.label) for s in existing if s.label.isdigit()), default=0) + 1
     added: list[Subject] = []
-    for entry in store.list(""):
-        if not entry.is_dir or entry.name.startswith(".") or entry.name in known:
+    folders = [e for e in store.list("") if e.is_dir and not e.name.startswith(".")]
+    names = [e.name for e in folders]
+    for entry in folders:
+        # Drive names repeat: such folders are mapped by id (the store's `ref`) instead.
+        source = entry.ref if names.count(entry.name) > 1 and entry.ref else entry.name
+        if source in known or entry.name in known:
             continue
         while f"{next_number:0{width}d}" in used:
             next_number += 1
         label = f"{next_number:0{width}d}"
         used.add(label)
-        added.append(Subject(entry.name, label))
+        known.add(source)
+        added.append(Subject(source, label))
     return existing + added, len(added)
 
 
@@ -145,3 +150,14 @@ def select(subjects: list[Subject], labels: tuple[str, ...], where: str) -> list
         raise NoSubjectSelected(f"{names} is in neither the subject map nor {where}")
     wanted = set(labels)
     return [s for s in subjects if s.label in wanted]
+
+
+def select_sessions(subjects: list[Subject], sessions: tuple[str, ...]) -> list[Subject]:
+    """Narrow to the requested sessions (all when none are asked for)."""
+    if not sessions:
+        return subjects
+    chosen = [s for s in subjects if s.session in sessions]
+    if not chosen:
+        names = ", ".join(f"ses-{s}" for s in sessions)
+        raise NoSubjectSelected(f"{names} is not a session of the selected subjects in the map")
+    return chosen

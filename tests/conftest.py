@@ -85,6 +85,23 @@ def bidsapp(work_dir: Path) -> RunCli:
     return run
 
 
+def run_bidsapp(*args: str | Path, work: Path) -> subprocess.CompletedProcess[str]:
+    """`bidsapp ARGS --work-dir WORK` in a subprocess, outside any fixture (module-scoped runs)."""
+    env = {
+        **os.environ,
+        "BIDSAPP_LOG_LEVEL": "INFO",
+        "BIDSAPP_DATE_SECRET": str(work.parent / "date-shift.secret"),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "bidsapp.cli", *map(str, args), "--work-dir", str(work)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        check=False,
+    )
+
+
 MakeExam = Callable[..., Path]
 
 

@@ -169,7 +169,7 @@ def test_corrupt_files_are_skipped(bidsapp: RunCli, make_exam: MakeExam, tmp_pat
     assert_published_t1w(result, out)
     assert_no_phi(result)
     assert nib.load(out / T1W).shape == (48, 48, 32)
-    gate = json.loads((out / "derivatives/bidsapp/sub-01/gate.json").read_text())
+    gate = json.loads((out / "derivatives/bidsapp/sub-01/log/gate.json").read_text())
     reasons = {item["file"]: item["reason"] for item in gate["skipped_files"]}
     assert sorted(reasons) == ["garbage.dcm", "half.dcm", "readme.txt"], reasons
     assert "corrupt" in reasons["garbage.dcm"]
@@ -189,7 +189,7 @@ def test_corrupt_header_element_is_skipped(
     (exam / "garbled.dcm").write_bytes(good.replace(series_time, series_time[:5] + b"\x89", 1))
     out = tmp_path / "out"
     assert_published_t1w(bidsapp(tmp_path / "source", out, "participant"), out)
-    gate = json.loads((out / "derivatives/bidsapp/sub-01/gate.json").read_text())
+    gate = json.loads((out / "derivatives/bidsapp/sub-01/log/gate.json").read_text())
     reasons = {item["file"]: item["reason"] for item in gate["skipped_files"]}
     assert "corrupt" in reasons.get("garbled.dcm", ""), reasons
 

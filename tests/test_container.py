@@ -9,7 +9,9 @@ started for the test and stopped, by its PID, afterwards.
 Inside the container, as its non-root user and with --network none, `participant` then `group`
 on a real exam (read-only) produce the same data files (md5 of every file under sub-01/) as the
 same run outside, with the same subject map folder (and so the same date-shift secret) and a
-heuristic given as a bind-mounted path.
+heuristic given as a bind-mounted path. With the Drive emulator on the host and the container on
+the host network, the same exam read from a Drive folder shared with a service account (its key
+bind-mounted read-only, given by path) is published to a shared drive with the same data files.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ import sys
 import time
 import tomllib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 import pytest
 
+from bidsapp.emulator import Emulator
 from tests.conftest import REPO, SHARED_DICOM, need
 
 pytestmark = pytest.mark.container
@@ -39,6 +43,8 @@ DOCKER = os.environ.get("BIDSAPP_DOCKER", "/usr/bin/docker")
 IMAGE = "bidsapp:test"
 CASE = "siemens_e11_reproin_phantom"
 CONTAINER_UID = 1000
+SA = "bidsapp@proj.iam.gserviceaccount.com"
+LAB = "lab@example.org"
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 # The image gets the versions installed here, so its outputs compare like with like.
 PINS = {
@@ -153,12 +159,27 @@ def image(engine: None) -> str:
 
 
 def run(
-    image: str, *args: str, mounts: tuple[str, ...] = (), timeout: float = 600
+    image: str,
+    *args: str,
+    mounts: tuple[str, ...] = (),
+    network: str = "none",
+    env: dict[str, str] | None = None,
+    timeout: float = 600,
 ) -> subprocess.CompletedProcess[str]:
-    volumes = [f"--volume={m}" for m in mounts]
+    options = [f"--volume={m}" for m in mounts]
+    options += [f"--env={name}={value}" for name, value in (env or {}).items()]
     return docker(
-        "run", "--rm", "--network", "none", *volumes, image, *args, timeout=timeout, check=False
+        "run", "--rm", "--network", network, *options, image, *args, timeout=timeout, check=False
     )
+
+
+def readable_by_container(path: Path, mode: int = 0o600) -> None:
+    """Owned by the container's user when we are root (so `mode` can stay private), else open."""
+    if os.geteuid() == 0:
+        os.chown(path, CONTAINER_UID, CONTAINER_UID)
+        path.chmod(mode)
+    else:
+        path.chmod(0o644)
 
 
 def test_dockerfile_lints_and_singularity_recipe_parses() -> None:
@@ -208,7 +229,8 @@ def test_image_version_help_labels(image: str) -> None:
     tools = docker(
         "run", "--rm", "--network", "none", "--entrypoint", "sh", image, "-c",
         "id -u; dcm2niix -v >/dev/null; echo dcm2niix=$?; heudiconv --version;"
-        " bids-validator-deno --version; python3 -c 'import bidsapp.heuristics.reproin'",
+        " bids-validator-deno --version; python3 -c 'import bidsapp.heuristics.reproin,"
+        " bidsapp.stores.drive, googleapiclient.discovery, google_auth_oauthlib'",
         timeout=120, check=False,
     )  # fmt: skip
     assert tools.returncode == 0, tools.stdout + tools.stderr
@@ -224,36 +246,67 @@ def md5s(root: Path) -> dict[str, str]:
     }
 
 
-def test_container_run_matches_outside_run(image: str, tmp_path: Path) -> None:
+@dataclass(frozen=True)
+class Reference:
+    """The out-of-container run both container runs are compared with."""
+
+    maps: Path  # map.tsv + map.secret: the same date shifts inside and outside
+    heuristics: Path  # a heuristic given by path (a bind mount in the container)
+    md5s: dict[str, str]  # every file under sub-01/, by path relative to it
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Reference:
+    """`participant` then `group` outside the container on the real exam (once per module)."""
     need(
         (SHARED_DICOM / CASE).is_dir(), f"{SHARED_DICOM / CASE} (real DICOM session) is not present"
     )
-    # One map folder for both runs: the date-shift secret beside the map is shared. Readable
-    # by the container's user (owned by it when we are root, else world-readable).
-    maps = tmp_path / "map"
-    maps.mkdir()
+    root = tmp_path_factory.mktemp("reference")
+    # The map folder is mounted writable into the container (the secret is created there on
+    # first use), so it must be writable by the container's user too.
+    maps = root / "map"
+    maps.mkdir(mode=0o777)
+    maps.chmod(0o777)
     (maps / "map.tsv").write_text(f"source\tparticipant\tsession\n{CASE}\t01\t\n")
     secret = maps / "map.secret"
     secret.write_text(secrets.token_hex(32) + "\n")
-    if os.geteuid() == 0:
-        os.chown(secret, CONTAINER_UID, CONTAINER_UID)
-        secret.chmod(0o600)
-    else:
-        secret.chmod(0o644)
-    # A heuristic given as a path (a bind mount in the container).
-    heuristics = tmp_path / "heuristics"
+    readable_by_container(secret)
+    heuristics = root / "heuristics"
     heuristics.mkdir()
     shutil.copy(REPO / "heuristics" / "reproin.py", heuristics / "site_reproin.py")
-    # Writable by the container's user: output parent and scratch.
-    for name in ("inside", "scratch", "outside"):
-        (tmp_path / name).mkdir()
-    for folder in (maps, tmp_path / "inside", tmp_path / "scratch"):
-        folder.chmod(0o777)
 
+    outside = root / "outside" / "bids"
+    outside.parent.mkdir()
+    args = [
+        "--participant-label", "01", "--subject-map", str(maps / "map.tsv"),
+        "--heuristic", str(heuristics / "site_reproin.py"),
+        "--work-dir", str(root / "outside" / "work"),
+    ]  # fmt: skip
+    env = {**os.environ, "NO_ET": "1", "NIPYPE_NO_ET": "1"}
+    started = time.monotonic()
+    for level, extra in (("participant", args), ("group", args[-2:])):
+        proc = subprocess.run(
+            [sys.executable, "-m", "bidsapp.cli", str(SHARED_DICOM), str(outside), level, *extra],
+            capture_output=True, text=True, env=env, timeout=600, check=False, cwd=root,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    timed("participant+group outside", started)
+    want = md5s(outside / "sub-01")
+    assert any(f.endswith(".nii.gz") for f in want) and any(f.endswith(".json") for f in want)
+    return Reference(maps, heuristics, want)
+
+
+def test_container_run_matches_outside_run(
+    image: str, reference: Reference, tmp_path: Path
+) -> None:
+    # Writable by the container's user: output parent and scratch.
+    for name in ("inside", "scratch"):
+        (tmp_path / name).mkdir(mode=0o777)
+        (tmp_path / name).chmod(0o777)
     mounts = (
         f"{SHARED_DICOM}:/data/source:ro",
-        f"{maps}:/data/map",
-        f"{heuristics}:/data/heuristics:ro",
+        f"{reference.maps}:/data/map",
+        f"{reference.heuristics}:/data/heuristics:ro",
         f"{tmp_path / 'inside'}:/data/out",
         f"{tmp_path / 'scratch'}:/data/scratch",
     )
@@ -270,29 +323,67 @@ def test_container_run_matches_outside_run(image: str, tmp_path: Path) -> None:
     assert group.returncode == 0, group.stderr[-3000:]
     timed("participant+group inside", started)
 
-    outside_args = [
-        "--participant-label", "01", "--subject-map", str(maps / "map.tsv"),
-        "--heuristic", str(heuristics / "site_reproin.py"),
-        "--work-dir", str(tmp_path / "outside" / "work"),
-    ]  # fmt: skip
-    env = {**os.environ, "NO_ET": "1", "NIPYPE_NO_ET": "1"}
-    outside = tmp_path / "outside" / "bids"
-    started = time.monotonic()
-    for level, extra in (("participant", outside_args), ("group", outside_args[-2:])):
-        proc = subprocess.run(
-            [sys.executable, "-m", "bidsapp.cli", str(SHARED_DICOM), str(outside), level, *extra],
-            capture_output=True, text=True, env=env, timeout=600, check=False, cwd=tmp_path,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    timed("participant+group outside", started)
-
     inside = tmp_path / "inside" / "bids"
     assert (inside / "dataset_description.json").is_file()  # group ran
-    got, want = md5s(inside / "sub-01"), md5s(outside / "sub-01")
-    assert any(f.endswith(".nii.gz") for f in want) and any(f.endswith(".json") for f in want)
-    assert got == want
+    assert md5s(inside / "sub-01") == reference.md5s
     owners = {p.stat().st_uid for p in inside.rglob("*")}
     assert owners == {CONTAINER_UID}, "written by the container's non-root user"
     assert not (tmp_path / "scratch" / "work").exists() or not any(
         (tmp_path / "scratch" / "work").iterdir()
     ), "the work dir (raw patient data) is cleaned up"
+
+
+def test_container_publishes_to_drive(image: str, reference: Reference, tmp_path: Path) -> None:
+    """Drive to Drive from the container: the emulator on the host, the container on its network."""
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    scratch = tmp_path / "scratch"
+    scratch.mkdir(mode=0o777)
+    scratch.chmod(0o777)
+    with Emulator(seed=3) as emu:  # 127.0.0.1: reachable from the host network's container
+        readable_by_container(emu.service_account(email=SA, dest=creds / "sa.json"))
+        # The lab's exams folder holds the exam under the name the subject map gives.
+        exams = emu.folder("exams", parent=emu.my_drive(LAB), owner=LAB)
+        exam = emu.folder(CASE, parent=exams, owner=LAB)
+        emu.upload_tree(SHARED_DICOM / CASE, parent=exam, owner=LAB)
+        emu.share(exams, SA, role="reader")
+        # Content manager: publishing moves folders and trashes, never deletes.
+        drive = emu.shared_drive("BIDS", members={SA: "fileOrganizer"})
+
+        mounts = (
+            f"{creds}:/creds:ro",
+            f"{reference.maps}:/data/map",
+            f"{reference.heuristics}:/data/heuristics:ro",
+            f"{scratch}:/data/scratch",
+        )
+        env = {"BIDSAPP_DRIVE_URL": emu.url, "BIDSAPP_DRIVE_RPS": "200"}
+        locations = (f"gdrive://{exams}", f"gdrive://{drive}/bids")
+        common = ["--credentials", "/creds/sa.json", "--work-dir", "/data/scratch/work"]
+        started = time.monotonic()
+        part = run(image, *locations, "participant", *common,
+                   "--participant-label", "01", "--subject-map", "/data/map/map.tsv",
+                   "--heuristic", "/data/heuristics/site_reproin.py",
+                   mounts=mounts, network="host", env=env)  # fmt: skip
+        assert part.returncode == 0, part.stderr[-3000:]
+        group = run(image, *locations, "group", *common,
+                    mounts=mounts, network="host", env=env)  # fmt: skip
+        assert group.returncode == 0, group.stderr[-3000:]
+        timed("participant+group inside, Drive to Drive", started)
+
+        assert "dataset validation: 0 errors" in group.stderr
+        bids = [m["id"] for m in emu.listing(drive) if m["name"] == "bids" and not m.get("trashed")]
+        assert len(bids) == 1, "one OUTPUT folder, no duplicates"
+        tree = emu.tree(bids[0])  # raises on two files at one path
+    assert "dataset_description.json" in tree and ".bidsapp/group-validation.json" in tree
+    got = {
+        rel.removeprefix("sub-01/"): hashlib.md5(data).hexdigest()
+        for rel, data in tree.items()
+        if rel.startswith("sub-01/")
+    }
+    assert got == reference.md5s
+    for text in (part.stderr, group.stderr):
+        assert CASE not in text, "the exam folder's name is never printed"
+        assert "private_key" not in text
+    assert not (scratch / "work").exists() or not any((scratch / "work").iterdir()), (
+        "the work dir (raw patient data) is cleaned up"
+    )

@@ -108,7 +108,7 @@ def test_adversarial_exam_publishes_clean(
     sidecar = json.loads((output / "sub-01/anat/sub-01_T1w.json").read_text())
     removed = {r.field for r in profile("basic") if r.action == "remove" and "*" not in r.field}
     assert removed.isdisjoint(sidecar)
-    gate = json.loads((output / "derivatives/bidsapp/sub-01/gate.json").read_text())
+    gate = json.loads((output / "derivatives/bidsapp/sub-01/log/gate.json").read_text())
     assert gate["deid"]["blanked"], "free-text fields holding the name were blanked"
     assert exam.is_dir() and any(exam.iterdir()), "the source is untouched"
 

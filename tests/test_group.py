@@ -212,7 +212,7 @@ def test_participant_fields_fill_but_never_overwrite(curated: Curated) -> None:
 
 
 def test_participant_fields_for_a_subject_published_by_session(curated: Curated) -> None:
-    """A session job writes derivatives/bidsapp/sub-03/ses-1/demographics.json."""
+    """A session job writes derivatives/bidsapp/sub-03/ses-1/log/demographics.json."""
     _, rows = _tsv(curated.out / "participants.tsv")
     by_id = {r["participant_id"]: r for r in rows}
     assert by_id["sub-03"]["age"] == "61"
@@ -278,7 +278,7 @@ def test_derivative_description(curated: Curated) -> None:
 
 
 def _index_links(out: Path) -> dict[str, str]:
-    html = (out / "derivatives" / "bidsapp" / "index.html").read_text()
+    html = (out / "derivatives" / "bidsapp" / "log" / "index.html").read_text()
     return {
         unescape(href): unescape(text)
         for href, text in re.findall(r'<a href="([^"]*)">([^<]*)</a>', html)
@@ -287,19 +287,19 @@ def _index_links(out: Path) -> dict[str, str]:
 
 def test_index_links_every_published_report(curated: Curated) -> None:
     links = _index_links(curated.out)
-    index_dir = curated.out / "derivatives" / "bidsapp"
+    index_dir = curated.out / "derivatives" / "bidsapp" / "log"
     for target in curated.targets:
-        href = f"{target.data}/report.html"
+        href = f"../{target.data}/log/report.html"
         assert href in links, target
         assert (index_dir / href).is_file()
-    assert links["sub-01/report.html"] == "sub-01"
-    assert links["sub-03/ses-1/report.html"] == "sub-03 ses-1"
-    assert links["sub-03/ses-2/report.html"] == "sub-03 ses-2"
+    assert links["../sub-01/log/report.html"] == "sub-01"
+    assert links["../sub-03/ses-1/log/report.html"] == "sub-03 ses-1"
+    assert links["../sub-03/ses-2/log/report.html"] == "sub-03 ses-2"
 
 
 def test_index_names_a_subject_whose_gate_report_does_not(curated: Curated) -> None:
     """The index row's label comes from the published target, not only from gate.json."""
-    assert _index_links(curated.out)["sub-02/report.html"] == "sub-02"
+    assert _index_links(curated.out)["../sub-02/log/report.html"] == "sub-02"
 
 
 # ---------------------------------------------------------------------------------------------

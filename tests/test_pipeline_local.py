@@ -25,7 +25,7 @@ DERIV = ["gate.json", "log.jsonl", "manifest.json"]
 
 
 def manifest(output: Path, target: str = "sub-01") -> dict:
-    return json.loads((output / f"derivatives/bidsapp/{target}/manifest.json").read_text())
+    return json.loads((output / f"derivatives/bidsapp/{target}/log/manifest.json").read_text())
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
@@ -49,10 +49,10 @@ def test_participant_group_rerun_and_force(
     assert (work_dir.stat().st_mode & 0o777) == 0o700
     m1 = manifest(output)
     assert {f["path"] for f in m1["files"]} == set(T1) | {
-        f"derivatives/bidsapp/sub-01/{name}"
+        f"derivatives/bidsapp/sub-01/log/{name}"
         for name in ("gate.json", "log.jsonl", "report.html", "figures/sub-01_T1w.png")
     }
-    assert m1["versions"]["heudiconv"] and m1["heuristic"] == "reproin"
+    assert m1["versions"]["heudiconv"] and m1["heuristic"] == "auto"
     before = snapshot(output)
 
     again = bidsapp(source, output, "participant", "--participant-label", "sub-01")
@@ -100,7 +100,7 @@ def test_new_session_leaves_other_sessions_untouched(
     first = bidsapp(source, output, "participant", "--subject-map", subject_map)
     assert first.returncode == 0, first.stderr
     pre = snapshot(output / "sub-01" / "ses-pre")
-    pre_deriv = snapshot(output / "derivatives/bidsapp/sub-01/ses-pre")
+    pre_deriv = snapshot(output / "derivatives/bidsapp/sub-01/ses-pre/log")
     assert "anat/sub-01_ses-pre_T1w.nii.gz" in pre
 
     make_exam("exam-b", seed=2, study_date="20240301")
@@ -109,7 +109,7 @@ def test_new_session_leaves_other_sessions_untouched(
     assert second.returncode == 0, second.stderr
     assert "sub-01 ses-pre published and up to date" in second.stderr
     assert snapshot(output / "sub-01" / "ses-pre") == pre
-    assert snapshot(output / "derivatives/bidsapp/sub-01/ses-pre") == pre_deriv
+    assert snapshot(output / "derivatives/bidsapp/sub-01/ses-pre/log") == pre_deriv
     assert (output / "sub-01/ses-post/anat/sub-01_ses-post_T1w.nii.gz").is_file()
 
     group = bidsapp(source, output, "group")
@@ -203,11 +203,18 @@ def test_four_jobs_at_once_then_group_keeps_curated_column(
     assert (output / "README.md").read_text().startswith("# Curated README")
     report = json.loads((output / ".bidsapp/group-validation.json").read_text())
     assert [i for i in report["issues"]["issues"] if i["severity"] == "error"] == []
-    # The reports folder is a derivative dataset of its own that validates clean.
-    findings, _ = validate(output / "derivatives/bidsapp", tmp_path / "deriv-validation.json")
-    assert [f for f in findings if f.severity == "error"] == []
-    index = (output / "derivatives/bidsapp/index.html").read_text()
-    assert all(f'href="sub-0{n}/report.html"' in index for n in range(1, 5))
+    # The reports folder is a derivative dataset of its own: the dataset validates clean with
+    # and without -r (which validates derivatives/bidsapp as a dataset), and so does it alone.
+    for folder, options in (
+        (output, {}),
+        (output, {"recursive": True}),
+        (output / "derivatives/bidsapp", {}),
+    ):
+        findings, _ = validate(folder, tmp_path / "validation.json", **options)
+        assert [f for f in findings if f.severity == "error"] == [], (folder, options)
+    assert (output / "derivatives/bidsapp/sub-01/log/report.html").is_file()
+    index = (output / "derivatives/bidsapp/log/index.html").read_text()
+    assert all(f'href="../sub-0{n}/log/report.html"' in index for n in range(1, 5))
 
 
 def test_patient_data_stays_out_of_everything(
@@ -259,7 +266,12 @@ def test_dry_run_writes_nothing(tmp_path: Path, make_exam: MakeExam, bidsapp: Ru
 
 def test_demo_runs_offline_without_shared_data(tmp_path: Path) -> None:
     # A network namespace with nothing but loopback proves the demo needs no network.
-    offline = ["unshare", "--net"] if os.geteuid() == 0 and shutil.which("unshare") else []
+    # Loopback is brought up inside it: the demo's Drive emulator listens on 127.0.0.1.
+    offline = (
+        ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
+        if os.geteuid() == 0 and shutil.which("unshare") and shutil.which("ip")
+        else []
+    )
     need(bool(offline), "running offline needs root and unshare(1)")
     env = {
         **os.environ,
@@ -276,6 +288,7 @@ def test_demo_runs_offline_without_shared_data(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "sub-02_task-rest_bold.nii.gz" in result.stdout
+    assert "BIDS dataset on Drive (gdrive://" in result.stdout, "through the Drive emulator"
     assert (tmp_path / "demo/bids/sub-01/func/sub-01_task-rest_bold.nii.gz").is_file()
     assert "souza" not in (result.stdout + result.stderr).lower()
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from html import escape as html_escape
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,9 @@ def _fake_dwi(folder: Path) -> None:
     (folder / "sub-01_dwi.json").write_text(json.dumps({"RepetitionTime": 3.2, "EchoTime": 0.08}))
 
 
+NOTE = "dcm2niix also wrote an image it calls ADC (scanner-derived): <not> published"
+
+
 def make_gate(bids: Path, label: str = "01") -> dict[str, Any]:
     """A GateReport dict as the pipeline would pass it, with user data worth escaping."""
     files = sorted(p.relative_to(bids).as_posix() for p in bids.rglob("*") if p.is_file())
@@ -83,7 +87,8 @@ def make_gate(bids: Path, label: str = "01") -> dict[str, Any]:
                 "reason": "not selected by the heuristic",
             },
             {**row, "series_id": "2-anat-T1w", "description": "anat-T1w", "dims": "48x48x32x1"}
-            | {"tr": "2.3", "files": 32, "outputs": [f"sub-{label}/anat/sub-{label}_T1w"]},
+            | {"tr": "2.3", "files": 32, "outputs": [f"sub-{label}/anat/sub-{label}_T1w"]}
+            | {"note": NOTE},
             {**row, "series_id": "3-func-bold", "description": "func-bold_task-rest"}
             | {"dims": "32x32x12x6", "tr": "2.0", "files": 72}
             | {"outputs": [f"sub-{label}/func/sub-{label}_task-rest_bold"]},
@@ -224,6 +229,9 @@ def test_user_data_is_escaped(built: Built) -> None:
 def test_series_table_findings_and_timings(built: Built) -> None:
     text = built.html.read_text(encoding="utf-8")
     assert "not selected by the heuristic" in text
+    # a converted series' note sits under its BIDS file, escaped
+    note = html_escape(NOTE)
+    assert f'sub-01_T1w</code></a><br><span class="muted">{note}</span>' in text
     assert 'href="#img-sub-01_T1w"' in text and 'id="img-sub-01_T1w"' in text
     assert "01/broken.dcm" in text and "not DICOM" in text
     # grouped: one row per code, with its count and the first location as the example

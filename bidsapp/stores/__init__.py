@@ -6,13 +6,15 @@ thing that knows whether data is on Drive or on disk.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import builtins
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from bidsapp.errors import UsageError
+if TYPE_CHECKING:
+    from bidsapp.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,8 @@ class Entry:
     is_dir: bool
     size: int = 0
     key: str = ""
+    ref: str = ""
+    """How to address this item when its name is not unique ('id:<Drive id>'; '' on disk)."""
 
 
 @runtime_checkable
@@ -50,8 +54,23 @@ class Store(Protocol):
     def download(self, path: str, dest: Path) -> str:
         """Copy a file to a local path; returns its md5 (verified against the store's)."""
 
+    def download_many(self, items: Sequence[tuple[str, Path]]) -> builtins.list[str]:
+        """Download many (path, local path) pairs, in parallel where the store gains by it."""
+
+    def read_head(self, path: str, size: int) -> bytes:
+        """The first `size` bytes of a file (a NIfTI header without the image)."""
+
     def upload(self, src: Path, path: str) -> str:
         """Copy a local file into the store, creating folders; returns the verified md5."""
+
+    def upload_many(self, items: Sequence[tuple[Path, str]]) -> builtins.list[str]:
+        """Upload many (local file, path) pairs, in parallel where the store gains by it."""
+
+    def folder_name(self, path: str) -> str:
+        """The real name of the folder at `path` (Drive's `id:` paths: asked from Drive).
+
+        PHI: an exam folder's name is an identifier; callers must never print it.
+        """
 
     def md5(self, path: str) -> str:
         """The md5 of a stored file."""
@@ -69,14 +88,17 @@ class Store(Protocol):
         """An exclusive lock named `name` under .bidsapp/locks, held for the block."""
 
 
-def open_store(location: str, *, for_output: bool = False) -> Store:
-    """The store for a SOURCE or OUTPUT location given on the command line."""
+def open_store(
+    location: str, *, for_output: bool = False, settings: Settings | None = None
+) -> Store:
+    """The store for a SOURCE or OUTPUT location given on the command line.
+
+    A SOURCE is opened read-only (on Drive: with the read-only scope).
+    """
     from bidsapp.stores.local import LocalStore
 
     if location.startswith("gdrive:"):
-        raise UsageError(
-            f"{location.split('/')[0]}… locations need the Google Drive store, "
-            "which this build does not include yet",
-            hint="copy the exams to a local folder for now",
-        )
+        from bidsapp.stores.drive import open_drive
+
+        return open_drive(location, for_output=for_output, settings=settings)
     return LocalStore(Path(location), create=for_output)

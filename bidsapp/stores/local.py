@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import builtins
 import errno
 import fcntl
 import hashlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
@@ -97,6 +98,13 @@ class LocalStore:
             shutil.copyfile(src, dest)
         return file_md5(dest)
 
+    def download_many(self, items: Sequence[tuple[str, Path]]) -> builtins.list[str]:
+        return [self.download(path, dest) for path, dest in items]
+
+    def read_head(self, path: str, size: int) -> bytes:
+        with self._path(path).open("rb") as fh:
+            return fh.read(size)
+
     def upload(self, src: Path, path: str) -> str:
         target = self._path(path)
         with _writing(target):
@@ -106,6 +114,12 @@ class LocalStore:
         if local != stored:
             raise LocalIOError(f"copy of {path} does not match its source (md5 differs)")
         return stored
+
+    def upload_many(self, items: Sequence[tuple[Path, str]]) -> builtins.list[str]:
+        return [self.upload(src, path) for src, path in items]
+
+    def folder_name(self, path: str) -> str:
+        return PurePosixPath(path).name
 
     def md5(self, path: str) -> str:
         return file_md5(self._path(path))

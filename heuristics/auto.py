@@ -1,0 +1,51 @@
+"""auto: bidsapp's default, cross-vendor heuristic: names series from what their headers say.
+
+Each series is summarised from its headers (image type, sequence, TR/TE/TI from enhanced
+functional groups too, b-values, phase-encoding direction; description and protocol name as
+hints) by `custom_seqinfo`, classified by `bidsapp.classify`, and named T1w/T2w/FLAIR/PDw/
+T2starw, bold/sbref, dwi, fmap magnitude/phasediff/epi or perf asl. Repeats get rec-/dir-/acq-
+where the headers show how they differ, else run- in acquisition order. Scanner-derived images,
+localizers and non-image series are skipped; bidsapp's report lists each with its reason.
+
+Works as a plain heudiconv heuristic (`heudiconv -f auto.py …`, with bidsapp installed). Inside
+bidsapp it also reads the study's overrides (BIDSAPP_OVERRIDES) and writes its decisions
+(BIDSAPP_PLAN), which bidsapp uses to finish sidecars (field-map links, ASL) and the report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from heudiconv.utils import SeqInfo
+
+from bidsapp.classify import plan
+from bidsapp.finish import write_plan
+from bidsapp.headers import custom_seqinfo, from_custom
+from bidsapp.overrides import from_env
+
+__all__ = ["EXPECTED_FILES", "custom_seqinfo", "infotodict"]
+
+
+# An exam may hold anything: nothing in particular is expected (the gate still needs one image).
+EXPECTED_FILES: tuple[str, ...] = ()
+
+
+def create_key(
+    template: str, outtype: tuple[str, ...] = ("nii.gz",), annotation_classes: None = None
+) -> tuple[str, tuple[str, ...], None]:
+    return template, outtype, annotation_classes
+
+
+def infotodict(seqinfo: Iterable[SeqInfo]) -> dict[tuple[str, tuple[str, ...], None], list[str]]:
+    """heudiconv's entry point: {template: [series ids]}."""
+    seqinfo = list(seqinfo)
+    headers = [from_custom(s.custom or (), s.series_id) for s in seqinfo]
+    decisions = plan(headers, from_env())
+    by_id = {h.series_id: h for h in headers}
+    info: dict[tuple[str, tuple[str, ...], None], list[str]] = {}
+    for d in decisions:
+        if not d.skipped:
+            outputs = len(by_id[d.series_id].outputs)
+            info.setdefault(create_key(d.template(outputs)), []).append(d.series_id)
+    write_plan(decisions, by_id)
+    return info

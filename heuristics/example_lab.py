@@ -1,0 +1,64 @@
+"""example_lab: a lab-specific heuristic built on auto — copy it, rename it, edit the rules.
+
+Use it with `--heuristic path/to/my_lab.py`. It keeps everything the default does (header-based
+classification, skipped series with reasons, run/rec/acq numbering, field-map links) and adds
+two kinds of rules a lab typically needs:
+
+1. `RENAME`: series descriptions (glob patterns, case-insensitive) → a BIDS name, for protocols
+   whose headers cannot say what they are (e.g. a task's name).
+2. `SKIP`: descriptions never to convert, with the reason shown in the report.
+
+Both are plain data, the same as an `--overrides` file; a heuristic is the place for rules
+that hold for every exam of a study, an overrides file for one exam's exceptions.
+`EXPECTED_FILES` makes the gate fail when a series the study needs is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from heudiconv.utils import SeqInfo
+
+from bidsapp.classify import Override, plan
+from bidsapp.finish import write_plan
+from bidsapp.headers import custom_seqinfo, from_custom
+from bidsapp.overrides import from_env
+
+__all__ = ["EXPECTED_FILES", "custom_seqinfo", "infotodict"]
+
+RENAME = {
+    "*nback*": "func/task-nback_bold",
+    "*resting*": "func/task-rest_bold",
+}
+SKIP = {
+    "*test*": "test acquisition",
+}
+# Every subject of this (example) study must have a T1w image.
+EXPECTED_FILES: tuple[str, ...] = ("**/anat/*_T1w.nii.gz",)
+
+LAB_RULES = tuple(
+    [Override(description=p, bids=name) for p, name in RENAME.items()]
+    + [Override(description=p, skip=reason) for p, reason in SKIP.items()]
+)
+
+
+def create_key(
+    template: str, outtype: tuple[str, ...] = ("nii.gz",), annotation_classes: None = None
+) -> tuple[str, tuple[str, ...], None]:
+    return template, outtype, annotation_classes
+
+
+def infotodict(seqinfo: Iterable[SeqInfo]) -> dict[tuple[str, tuple[str, ...], None], list[str]]:
+    """The default classification with this lab's rules (and the exam's overrides) on top."""
+    seqinfo = list(seqinfo)
+    headers = [from_custom(s.custom or (), s.series_id) for s in seqinfo]
+    decisions = plan(headers, (*LAB_RULES, *from_env()))
+    by_id = {h.series_id: h for h in headers}
+    info: dict[tuple[str, tuple[str, ...], None], list[str]] = {}
+    for d in decisions:
+        if not d.skipped:
+            outputs = len(by_id[d.series_id].outputs)
+            info.setdefault(create_key(d.template(outputs)), []).append(d.series_id)
+    # lets bidsapp finish sidecars and list skipped series with their reasons
+    write_plan(decisions, by_id)
+    return info

@@ -1,0 +1,55 @@
+"""`bidsapp inspect` on a synthetic exam: PHI-free rows that match what a job publishes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bidsapp.synthetic import DEFAULT_SERIES, Patient
+from tests.conftest import MakeExam, RunCli
+
+PATIENT = Patient(name="Quaresma^Benedita", patient_id="PX20931", birth_date="19770203")
+
+
+@pytest.mark.slow
+def test_inspect_matches_the_published_series_and_holds_no_phi(
+    tmp_path: Path, make_exam: MakeExam, bidsapp: RunCli
+) -> None:
+    make_exam("Quaresma Benedita", patient=PATIENT, series=DEFAULT_SERIES)
+    subject_map = tmp_path / "map.tsv"
+    subject_map.write_text("source\tparticipant\tsession\nQuaresma Benedita\t01\t\n")
+    source, output = tmp_path / "source", tmp_path / "out"
+    args = ("--participant-label", "01", "--subject-map", subject_map)
+    table = bidsapp("inspect", source, *args)
+    tsv = bidsapp("inspect", source, *args, "--format", "tsv")
+    js = bidsapp("inspect", source, *args, "--format", "json")
+    for result in (table, tsv, js):
+        assert result.returncode == 0, result.stderr
+        for secret in ("Quaresma", "Benedita", "PX20931", "19770203", "1977-02-03"):
+            assert secret not in result.stdout + result.stderr
+    lines = tsv.stdout.splitlines()
+    assert lines[0].split("\t") == [
+        "session", "series", "description", "image_type", "dims", "tr", "te", "files", "bids",
+    ]  # fmt: skip
+    assert [ln.split("\t")[8] for ln in lines[1:]] == [
+        "skipped: localizer",
+        "sub-01_T1w",
+        "sub-01_task-rest_bold",
+    ]
+    assert "sub-01_task-rest_bold" in table.stdout and "skipped: localizer" in table.stdout
+
+    part = bidsapp(source, output, "participant", "--subject-map", subject_map)
+    assert part.returncode == 0, part.stderr
+    gate = json.loads((output / "derivatives/bidsapp/sub-01/log/gate.json").read_text())
+    keys = ("series_id", "description", "dims", "tr", "te", "files", "outputs", "reason")
+    assert [{k: r[k] for k in keys} for r in json.loads(js.stdout)] == [
+        {k: s[k] for k in keys} for s in gate["series"]
+    ]
+
+
+def test_inspect_needs_a_participant_label(tmp_path: Path, bidsapp: RunCli) -> None:
+    result = bidsapp("inspect", tmp_path)
+    assert result.returncode == 64
+    assert "--participant-label" in result.stderr and "Traceback" not in result.stderr

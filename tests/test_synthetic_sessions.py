@@ -1,0 +1,233 @@
+"""Exams the shared real data lacks, in three vendors' vocabularies, end to end.
+
+`bidsapp.synthetic.EXAMS` writes them with pydicom as the scanners do (series names, image
+types, sequence vocabulary, phase-encoding polarity in the vendor's private tags); conversion is
+real: `participant` + `group` + `inspect` through the CLI (heudiconv, dcm2niix, the validator).
+The expected names follow from what each series is, not from the code's output:
+- siemens_clinical: the MPRAGE saved unnormalised (`_ND`) and prescan-normalised (NORM, same
+  acquisition time and geometry): the original is the T1w, the copy is skipped; TIRM dark-fluid
+  is FLAIR; SWI magnitude and phase are T2starw parts, the scanner's SWI and mIP are skipped.
+- philips_tfe: a Survey localizer, a 3D T1 TFE (T1w) and a T2 TSE (T2w).
+- ge_bravo_cube: GE writes no StudyDescription; BRAVO (IR-prepared SPGR) is T1w, CUBE FLAIR is
+  FLAIR, FRFSE is T2w.
+- siemens_bold_se_epi: a spin-echo EPI pair whose dir-AP/dir-PA come from the polarity in the
+  CSA header, and a resting BOLD with its SBRef, which the pair corrects.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from bidsapp.headers import summarize
+from bidsapp.phi import Identifiers, scan_tree
+from bidsapp.synthetic import EXAMS, Patient, Series, write_session
+from tests.conftest import published_files, run_bidsapp
+
+S = "sub-01"
+PATIENT = Patient(name="Vasconcelos^Iolanda", patient_id="SX81734", birth_date="19690417")
+
+
+def _image(*stems: str) -> list[str]:
+    return [f"{S}/{stem}.{e}" for stem in stems for e in ("json", "nii.gz")]
+
+
+# exam → (files published under sub-01/, skipped series number → reason)
+EXPECTED: dict[str, tuple[list[str], dict[str, str]]] = {
+    "siemens_clinical": (
+        _image(
+            "anat/sub-01_FLAIR",
+            "anat/sub-01_T1w",
+            "anat/sub-01_part-mag_T2starw",
+            "anat/sub-01_part-phase_T2starw",
+        ),
+        {
+            "1": "localizer",
+            "3": "prescan-normalised copy of series 2 (same acquisition)",
+            "7": "scanner-made minimum intensity projection (mIP)",
+            "8": "scanner-processed SWI image",
+        },
+    ),
+    "philips_tfe": (_image("anat/sub-01_T1w", "anat/sub-01_T2w"), {"1": "localizer"}),
+    "ge_bravo_cube": (
+        _image("anat/sub-01_FLAIR", "anat/sub-01_T1w", "anat/sub-01_T2w"),
+        {"1": "localizer"},
+    ),
+    "siemens_bold_se_epi": (
+        _image(
+            "fmap/sub-01_dir-AP_epi",
+            "fmap/sub-01_dir-PA_epi",
+            "func/sub-01_task-rest_bold",
+            "func/sub-01_task-rest_sbref",
+        ),
+        {},
+    ),
+}
+
+
+@dataclass
+class Outcome:
+    exam: str
+    output: Path
+    streams: list[str]
+    returncodes: dict[str, int]
+    inspect_rows: list[dict]  # type: ignore[type-arg]
+
+    @property
+    def gate(self) -> dict:  # type: ignore[type-arg]
+        return json.loads((self.output / f"derivatives/bidsapp/{S}/log/gate.json").read_text())
+
+    def sidecar(self, stem: str) -> dict:  # type: ignore[type-arg]
+        return json.loads((self.output / S / f"{stem}.json").read_text())
+
+
+@pytest.fixture(scope="module", params=sorted(EXAMS))
+def outcome(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Outcome:
+    name: str = request.param
+    exam = EXAMS[name]
+    tmp = tmp_path_factory.mktemp(name)
+    source, output, work = tmp / "source", tmp / "out", tmp / "work"
+    write_session(source / "Vasconcelos Iolanda", patient=PATIENT, series=exam.series,
+                  vendor=exam.vendor)  # fmt: skip
+    subject_map = tmp / "map.tsv"
+    subject_map.write_text("source\tparticipant\tsession\nVasconcelos Iolanda\t01\t\n")
+    mapped = ("--subject-map", subject_map)
+    runs = {
+        "participant": run_bidsapp(source, output, "participant", *mapped, work=work),
+        "group": run_bidsapp(source, output, "group", work=work),
+        "inspect": run_bidsapp(
+            "inspect", source, "--participant-label", "01", *mapped, "--format", "json", work=work
+        ),
+    }
+    streams = [s for r in runs.values() for s in (r.stdout, r.stderr)]
+    codes = {k: r.returncode for k, r in runs.items()}
+    rows = json.loads(runs["inspect"].stdout) if codes["inspect"] == 0 else []
+    return Outcome(name, output, streams, codes, rows)
+
+
+def test_every_exam_has_expectations() -> None:
+    assert set(EXAMS) == set(EXPECTED)
+
+
+def test_exams_carry_each_vendors_headers(tmp_path: Path) -> None:
+    def first(exam: str, number: int) -> pydicom.Dataset:
+        path = tmp_path / exam / f"{number:02d}" / "0001.dcm"
+        if not path.parent.is_dir():
+            write_session(tmp_path / exam, series=EXAMS[exam].series, vendor=EXAMS[exam].vendor)
+        return pydicom.dcmread(path)
+
+    ge = first("ge_bravo_cube", 2)
+    assert ge.Manufacturer == "GE MEDICAL SYSTEMS" and "StudyDescription" not in ge
+    assert (ge.SeriesDescription, float(ge.InversionTime)) == ("Sag BRAVO", 450)
+    assert first("philips_tfe", 2).ImageType == ["ORIGINAL", "PRIMARY", "M_FFE", "M", "FFE"]
+    swi = [first("siemens_clinical", n) for n in (5, 6, 7, 8)]
+    assert [ds.ImageType[:3] for ds in swi] == [
+        ["ORIGINAL", "PRIMARY", "M"],
+        ["ORIGINAL", "PRIMARY", "P"],
+        ["DERIVED", "PRIMARY", "MNIP"],
+        ["DERIVED", "PRIMARY", "M"],
+    ]
+    assert len({ds.AcquisitionTime for ds in swi}) == 1  # one acquisition, four series
+    # the CSA image header (SV10) carries the polarity: 1 for AP, 0 for PA
+    for number, polarity in ((1, b"1"), (2, b"0")):
+        csa = first("siemens_bold_se_epi", number)[0x0029, 0x1010].value
+        assert csa.startswith(b"SV10")
+        at = csa.index(b"PhaseEncodingDirectionPositive")
+        assert csa[at + 84 + 16 : at + 84 + 17] == polarity
+
+
+@pytest.mark.slow
+def test_exam_publishes_exactly_the_expected_files(outcome: Outcome) -> None:
+    assert outcome.returncodes == {"participant": 0, "group": 0, "inspect": 0}, outcome.streams
+    assert "Traceback" not in "".join(outcome.streams)
+    files = published_files(outcome.output)
+    data = [f for f in files if f.startswith(f"{S}/")]
+    assert data == sorted([*EXPECTED[outcome.exam][0], f"{S}/{S}_scans.tsv"])
+    report = json.loads((outcome.output / ".bidsapp/group-validation.json").read_text())
+    assert [i for i in report["issues"]["issues"] if i["severity"] == "error"] == []
+    assert outcome.gate["validator"]["errors"] == 0 and outcome.gate["passed"] is True
+
+
+@pytest.mark.slow
+def test_exam_lists_every_skipped_series_with_its_reason(outcome: Outcome) -> None:
+    series = outcome.gate["series"]
+    skipped = {s["series_id"].split("-")[0]: s["reason"] for s in series if not s["outputs"]}
+    assert skipped == EXPECTED[outcome.exam][1]
+    images = sorted(f[: -len(".nii.gz")] for f in EXPECTED[outcome.exam][0] if f.endswith(".gz"))
+    assert sorted(o for s in series for o in s["outputs"]) == images
+
+
+@pytest.mark.slow
+def test_inspect_rows_match_the_converted_output(outcome: Outcome) -> None:
+    keys = ("series_id", "description", "image_type", "dims", "tr", "te", "files", "outputs")
+    seen = [{k: r[k] for k in (*keys, "reason")} for r in outcome.inspect_rows]
+    assert seen == [{k: s[k] for k in (*keys, "reason")} for s in outcome.gate["series"]]
+
+
+@pytest.mark.slow
+def test_exam_output_holds_no_patient_data(outcome: Outcome) -> None:
+    headers = [{"PatientName": PATIENT.name, "PatientID": PATIENT.patient_id,
+                "PatientBirthDate": PATIENT.birth_date}]  # fmt: skip
+    ids = Identifiers.collect(headers, "Vasconcelos Iolanda", "01")
+    assert scan_tree(outcome.output, ids) == []
+    for stream in outcome.streams:
+        assert ids.find(stream) == []
+
+
+@pytest.mark.slow
+def test_sidecars_carry_what_the_headers_and_the_session_say(outcome: Outcome) -> None:
+    if outcome.exam == "siemens_clinical":
+        # BIDS requires Units for phase images; the scanner's values are not radians
+        assert outcome.sidecar("anat/sub-01_part-phase_T2starw")["Units"] == "arbitrary"
+        assert outcome.sidecar("anat/sub-01_T1w")["InversionTime"] == 0.9
+        return
+    if outcome.exam != "siemens_bold_se_epi":
+        assert not (outcome.output / S / "fmap").exists()
+        return
+    # polarity from the CSA header: axial slices, phase encoded along the columns
+    ap, pa = outcome.sidecar("fmap/sub-01_dir-AP_epi"), outcome.sidecar("fmap/sub-01_dir-PA_epi")
+    assert (ap["PhaseEncodingDirection"], pa["PhaseEncodingDirection"]) == ("j-", "j")
+    assert ap["TotalReadoutTime"] > 0 and pa["TotalReadoutTime"] > 0
+    targets = ["func/sub-01_task-rest_sbref", "func/sub-01_task-rest_bold"]
+    for fmap in (ap, pa):
+        assert fmap["B0FieldIdentifier"] == "pepolar1"
+        assert fmap["IntendedFor"] == [f"bids::{S}/{t}.nii.gz" for t in targets]
+    for target in targets:
+        sidecar = outcome.sidecar(target)
+        assert sidecar["B0FieldSource"] == "pepolar1"
+        assert sidecar["PhaseEncodingDirection"] == "j-" and sidecar["TaskName"] == "rest"
+
+
+def test_a_summary_reuses_the_dataset_heudiconv_read(tmp_path: Path) -> None:
+    exam = EXAMS["siemens_bold_se_epi"]
+    write_session(tmp_path, series=exam.series, vendor=exam.vendor)
+    files = sorted(str(p) for p in (tmp_path / "04").iterdir())
+    read = summarize(files)
+    assert summarize(files, first=pydicom.dcmread(files[0], stop_before_pixels=True)) == read
+    assert (read.dims, read.volumes, read.pe_direction) == ((16, 16, 8, 6), 6, "j-")
+    # a dataset of another file than the first is not taken for it
+    other = pydicom.dcmread(files[5], stop_before_pixels=True)
+    assert summarize(files, first=other) == read
+
+
+@pytest.mark.parametrize("vendor", ["siemens", "ge"])
+def test_dcm2niix_reads_the_polarity_each_vendor_writes(tmp_path: Path, vendor: str) -> None:
+    # Siemens: CSA PhaseEncodingDirectionPositive; GE: RectilinearPhaseEncodeReordering
+    found = {}
+    for positive in (True, False):
+        src, out = tmp_path / f"{positive}" / "in", tmp_path / f"{positive}" / "out"
+        bold = Series("Ax rsfMRI", "siemens_bold", phase_positive=positive)
+        write_session(src, series=[bold], vendor=vendor)
+        out.mkdir()
+        dcm2niix = Path(sys.executable).parent / "dcm2niix"
+        subprocess.run([dcm2niix, "-b", "o", "-f", "s", "-o", out, src], check=True,
+                       capture_output=True)  # fmt: skip
+        found[positive] = json.loads((out / "s.json").read_text())["PhaseEncodingDirection"]
+    # axial slices, phase encoded along the columns: positive runs A→P, which NIfTI calls j-
+    assert found == {True: "j-", False: "j"}
