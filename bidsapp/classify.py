@@ -363,6 +363,7 @@ def plan(headers: Iterable[SeriesHeader], overrides: Sequence[Override] = ()) ->
     items = sorted(headers, key=_order)
     by_id = {h.series_id: h for h in items}
     decisions = _skip_norm_copies(items, [classify(h) for h in items])
+    decisions = _magnitude_alone(decisions)
     decisions = [_apply_override(h, d, overrides) for h, d in zip(items, decisions, strict=True)]
     decisions = [_asl(by_id[d.series_id], d) if d.suffix == "asl" else d for d in decisions]
     decisions = _pair_sbrefs(items, decisions)
@@ -401,6 +402,15 @@ def _skip_norm_copies(items: list[SeriesHeader], decisions: list[Decision]) -> l
         if not d.skipped and "NORM" in _words(h) and twin is not None:
             out[k] = skip(h, f"prescan-normalised copy of series {twin.number} (same acquisition)")
     return out
+
+
+def _magnitude_alone(decisions: list[Decision]) -> list[Decision]:
+    """`part-mag` only beside a phase image: a magnitude-only T2* series is plain `T2starw`."""
+    phases = {d.suffix for d in decisions if not d.skipped and d.entity("part") == "phase"}
+    return [
+        d.with_entity("part", "") if d.entity("part") == "mag" and d.suffix not in phases else d
+        for d in decisions
+    ]
 
 
 def _asl(h: SeriesHeader, d: Decision) -> Decision:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bidsapp.classify import Decision, output_names
+from bidsapp.dcm2niix_shim import environment as dcm2niix_shim_env
 from bidsapp.errors import BadInputData, UsageError
 from bidsapp.finish import PLAN_ENV, PlanEntry, finish, read_plan
 from bidsapp.headers import inventory
@@ -24,7 +25,7 @@ from bidsapp.overrides import dump as dump_overrides
 from bidsapp.overrides import load as load_overrides
 from bidsapp.stage import StagedExam
 from bidsapp.subjects import Subject
-from bidsapp.tools import ToolFailed, run
+from bidsapp.tools import ToolFailed, run, tool_env, which
 
 HEURISTICS_DIR = Path(__file__).with_name("heuristics")
 _REPO_HEURISTICS = Path(__file__).resolve().parent.parent / "heuristics"
@@ -141,6 +142,9 @@ def convert(staged: StagedExam, subject: Subject, heuristic: Heuristic, work: Pa
     """Run heudiconv once per study, finish the sidecars, and collect the subject tree."""
     out = work / "heudiconv"
     env: dict[str, str] = {}
+    real_dcm2niix = which("dcm2niix")
+    if real_dcm2niix:  # see dcm2niix_shim: nipype misses outputs after some dcm2niix warnings
+        env.update(dcm2niix_shim_env(real_dcm2niix, tool_env()["PATH"]))
     if heuristic.overrides is not None:
         normalized = work / "overrides.json"
         dump_overrides(load_overrides(heuristic.overrides), normalized)

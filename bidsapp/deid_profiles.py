@@ -154,16 +154,14 @@ def rule_for(rules: tuple[Rule, ...], field: str) -> Rule | None:
 def load_secret(path: Path) -> bytes:
     """The date-shift secret kept beside the subject map; created (0600) on first use."""
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".secret-")  # 0600 from the start
         try:
-            with os.fdopen(fd, "w") as out:
-                out.write(secrets.token_hex(32) + "\n")
-            os.link(tmp, path)  # atomic: parallel jobs never read a half-written secret
-        except FileExistsError:
-            pass  # another job made it first: everyone uses that one
-        finally:
-            os.unlink(tmp)
+            _create_secret(path)
+        except OSError as exc:
+            raise UsageError(
+                f"cannot create the date-shift secret {path}: {exc.strerror or exc}",
+                hint="make that folder writable once, or pass --date-secret FILE "
+                "(a file of 64 hex digits, e.g. from 'openssl rand -hex 32')",
+            ) from exc
     if path.stat().st_mode & 0o077:
         logger.warning("the date-shift secret {} is readable by others: chmod 600 it", path.name)
     text = path.read_bytes().strip()
@@ -176,6 +174,19 @@ def load_secret(path: Path) -> bytes:
             f"the date-shift secret {path.name} is shorter than {MIN_SECRET_BYTES} bytes"
         )
     return secret
+
+
+def _create_secret(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".secret-")  # 0600 from the start
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(32) + "\n")
+        os.link(tmp, path)  # atomic: parallel jobs never read a half-written secret
+    except FileExistsError:
+        pass  # another job made it first: everyone uses that one
+    finally:
+        os.unlink(tmp)
 
 
 def date_offset(label: str, secret: bytes) -> int:

@@ -235,6 +235,13 @@ _KINDS.update(
             ImageType=_type("ORIGINAL\\PRIMARY\\M_FFE\\M\\FFE"),
             InPlanePhaseEncodingDirection="ROW",
         ),
+        # a spoiled FFE (GR/SP): dcm2niix guesses a Philips field map and warns without a newline
+        "philips_ffe": _small(
+            1, 500, 250, 600, ScanningSequence="GR", SequenceVariant="SP",
+            MRAcquisitionType="2D", EchoTime=20, FlipAngle=18,
+            ImageType=_type("ORIGINAL\\PRIMARY\\M_FFE\\M\\FFE"),
+            InPlanePhaseEncodingDirection="ROW",
+        ),
         "philips_tse": _small(
             1, 600, 300, 3000, ScanningSequence="SE", SequenceVariant="SK",
             MRAcquisitionType="2D", EchoTime=80, FlipAngle=90,
@@ -303,6 +310,7 @@ EXAMS: dict[str, Exam] = {
         Series("Survey", "philips_survey", description="SmartBrain"),
         Series("T1 3D TFE", "philips_tfe"),
         Series("T2W_TSE tra", "philips_tse"),
+        Series("T2*W_FFE tra", "philips_ffe"),
     )),
     "ge_bravo_cube": Exam("ge", (
         Series("3Plane Loc SSFSE", "localizer", tags=_it("ORIGINAL\\PRIMARY\\OTHER")),

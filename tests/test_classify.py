@@ -196,6 +196,15 @@ def test_swi_magnitude_and_phase_are_t2starw_parts_and_scanner_swi_is_skipped() 
     }
 
 
+def test_a_t2star_magnitude_without_phase_has_no_part_entity() -> None:
+    gre = {"scanning_sequence": "GR", "sequence_variant": "SP", "acquisition_type": "2D",
+           "tr": 0.6, "te": 0.018}  # fmt: skip
+    mag = hdr(4, "T2*W_FFE tra", image_type=("ORIGINAL", "PRIMARY", "M", "FFE", "M"), **gre)
+    decisions = plan([mag])
+    assert anat_suffix(mag) == "T2starw"
+    assert names(decisions, [mag]) == {4: ["anat/T2starw"]}
+
+
 @pytest.mark.parametrize(
     ("header", "reason"),
     [

@@ -291,6 +291,16 @@ def test_secret_is_created_private_and_reused(tmp_path: Path) -> None:
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left behind
 
 
+def test_secret_that_cannot_be_created_is_a_usage_error(tmp_path: Path) -> None:
+    """E.g. a subject map in a read-only folder: one line naming --date-secret, no traceback."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the map's folder would be\n")
+    with pytest.raises(UsageError) as caught:
+        load_secret(blocker / "map.secret")
+    assert caught.value.exit_code == 64
+    assert "--date-secret" in caught.value.one_line()
+
+
 def test_offset_is_never_written(subject: Path) -> None:
     report = deidentify(subject, ids(), offset_days=OFFSET)
     texts = [p.read_text() for p in subject.rglob("*") if p.suffix in (".json", ".tsv")]

@@ -163,6 +163,14 @@ def test_sigterm_at_a_publish_step_leaves_nothing_half_published(
     assert not any((output / ".bidsapp/replaced").iterdir())
 
 
+def _term_pending(pid: int) -> bool:
+    """Whether SIGTERM is pending for a process (its SigPnd/ShdPnd masks in /proc)."""
+    bit = 1 << (signal.SIGTERM - 1)
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    masks = [line.split()[1] for line in lines if line.startswith(("SigPnd:", "ShdPnd:"))]
+    return any(int(mask, 16) & bit for mask in masks)
+
+
 def test_sigterm_to_the_jobs_parent_stops_every_child_cleanly(
     tmp_path: Path, make_exam: MakeExam, work_dir: Path
 ) -> None:
@@ -192,6 +200,12 @@ def test_sigterm_to_the_jobs_parent_stops_every_child_cleanly(
             time.sleep(0.2)
         assert len(children) == 2, "both children should have frozen at the fault point"
         proc.send_signal(signal.SIGTERM)
+        # Thaw them only once the parent has passed the SIGTERM on (pending while they are
+        # stopped): thawed earlier, a child would publish before its signal lands.
+        deadline = time.monotonic() + 60
+        while not all(_term_pending(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(_term_pending(pid) for pid in children), "the parent did not pass SIGTERM on"
         for pid in children:
             os.kill(pid, signal.SIGCONT)
         _, err = proc.communicate(timeout=120)

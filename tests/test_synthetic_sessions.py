@@ -7,7 +7,8 @@ The expected names follow from what each series is, not from the code's output:
 - siemens_clinical: the MPRAGE saved unnormalised (`_ND`) and prescan-normalised (NORM, same
   acquisition time and geometry): the original is the T1w, the copy is skipped; TIRM dark-fluid
   is FLAIR; SWI magnitude and phase are T2starw parts, the scanner's SWI and mIP are skipped.
-- philips_tfe: a Survey localizer, a 3D T1 TFE (T1w) and a T2 TSE (T2w).
+- philips_tfe: a Survey localizer, a 3D T1 TFE (T1w), a T2 TSE (T2w) and a T2* FFE (GR/SP, a
+  magnitude T2starw), for which dcm2niix's warning hid its output from heudiconv (dcm2niix_shim).
 - ge_bravo_cube: GE writes no StudyDescription; BRAVO (IR-prepared SPGR) is T1w, CUBE FLAIR is
   FLAIR, FRFSE is T2w.
 - siemens_bold_se_epi: a spin-echo EPI pair whose dir-AP/dir-PA come from the polarity in the
@@ -54,7 +55,10 @@ EXPECTED: dict[str, tuple[list[str], dict[str, str]]] = {
             "8": "scanner-processed SWI image",
         },
     ),
-    "philips_tfe": (_image("anat/sub-01_T1w", "anat/sub-01_T2w"), {"1": "localizer"}),
+    "philips_tfe": (
+        _image("anat/sub-01_T1w", "anat/sub-01_T2starw", "anat/sub-01_T2w"),
+        {"1": "localizer"},
+    ),
     "ge_bravo_cube": (
         _image("anat/sub-01_FLAIR", "anat/sub-01_T1w", "anat/sub-01_T2w"),
         {"1": "localizer"},
