@@ -19,10 +19,10 @@ from collections.abc import Iterable
 
 from heudiconv.utils import SeqInfo
 
-from bidsapp.classify import Override, plan
-from bidsapp.finish import write_plan
-from bidsapp.headers import custom_seqinfo, from_custom
-from bidsapp.overrides import from_env
+from bidsapp.classify import Override
+from bidsapp.headers import custom_seqinfo
+from bidsapp.heuristic_base import Key
+from bidsapp.heuristic_base import infotodict as infotodict_from_headers
 
 __all__ = ["EXPECTED_FILES", "custom_seqinfo", "infotodict"]
 
@@ -42,23 +42,6 @@ LAB_RULES = tuple(
 )
 
 
-def create_key(
-    template: str, outtype: tuple[str, ...] = ("nii.gz",), annotation_classes: None = None
-) -> tuple[str, tuple[str, ...], None]:
-    return template, outtype, annotation_classes
-
-
-def infotodict(seqinfo: Iterable[SeqInfo]) -> dict[tuple[str, tuple[str, ...], None], list[str]]:
+def infotodict(seqinfo: Iterable[SeqInfo]) -> dict[Key, list[str]]:
     """The default classification with this lab's rules (and the exam's overrides) on top."""
-    seqinfo = list(seqinfo)
-    headers = [from_custom(s.custom or (), s.series_id) for s in seqinfo]
-    decisions = plan(headers, (*LAB_RULES, *from_env()))
-    by_id = {h.series_id: h for h in headers}
-    info: dict[tuple[str, tuple[str, ...], None], list[str]] = {}
-    for d in decisions:
-        if not d.skipped:
-            outputs = len(by_id[d.series_id].outputs)
-            info.setdefault(create_key(d.template(outputs)), []).append(d.series_id)
-    # lets bidsapp finish sidecars and list skipped series with their reasons
-    write_plan(decisions, by_id)
-    return info
+    return infotodict_from_headers(seqinfo, LAB_RULES)

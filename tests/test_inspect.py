@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bidsapp.synthetic import DEFAULT_SERIES, Patient
+from bidsapp.synthetic import DEFAULT_SERIES, Patient, Series
 from tests.conftest import MakeExam, RunCli
 
 PATIENT = Patient(name="Quaresma^Benedita", patient_id="PX20931", birth_date="19770203")
@@ -53,3 +53,30 @@ def test_inspect_needs_a_participant_label(tmp_path: Path, bidsapp: RunCli) -> N
     result = bidsapp("inspect", tmp_path)
     assert result.returncode == 64
     assert "--participant-label" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_the_example_lab_heuristic_applies_its_rules(
+    tmp_path: Path, make_exam: MakeExam, bidsapp: RunCli
+) -> None:
+    """heuristics/example_lab.py: its RENAME and SKIP rules on top of the default naming."""
+    make_exam(
+        "01",
+        series=(
+            Series("localizer", "localizer"),
+            Series("t1_mprage_sag", "t1w"),
+            Series("ep2d_nback_run1", "bold"),
+            Series("ep2d_test_bold", "bold"),
+        ),
+    )
+    result = bidsapp(
+        "inspect", tmp_path / "source", "--participant-label", "01",
+        "--heuristic", "example_lab", "--format", "tsv",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert [line.split("\t")[8] for line in result.stdout.splitlines()[1:]] == [
+        "skipped: localizer",
+        "sub-01_T1w",
+        "sub-01_task-nback_bold",
+        "skipped: skipped by overrides: test acquisition",
+    ]
