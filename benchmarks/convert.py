@@ -15,7 +15,7 @@ and the exit code is the last one.
 
 This is a report, not a test: it always exits 0 (except for a usage error) and CI never runs it.
 
-    /opt/bidsapp-venv/bin/python benchmarks/convert.py [--shared DIR] [--cases a,b] [--repeat N]
+    .venv/bin/python benchmarks/convert.py [--shared DIR] [--cases a,b] [--repeat N]
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@
 
 A report, not a test: CI never runs it.
 
-    /opt/bidsapp-venv/bin/python benchmarks/scale.py [--subjects 8] [--repeat 2]
+    .venv/bin/python benchmarks/scale.py [--subjects 8] [--repeat 2]
         [--drive-jobs 20] [--only jobs|array|drive]
 """
 
