@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from bidsapp.headers import SeriesHeader
@@ -87,7 +87,6 @@ class Decision:
     reason: str = ""
     sidecar: tuple[tuple[str, Any], ...] = ()  # fields to set after conversion
     aslcontext: tuple[str, ...] = ()
-    note: str = ""
 
     @property
     def skipped(self) -> bool:
@@ -568,15 +567,6 @@ def _by_run(out: list[Decision], members: list[int], by_id: dict[str, SeriesHead
 
 
 # -- what conversion makes of a decision -----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Planned:
-    """A decision with the file stems (relative to the subject folder's parent) it produces."""
-
-    decision: Decision
-    header: SeriesHeader
-    stems: tuple[str, ...] = field(default=())
 
 
 def output_names(d: Decision, h: SeriesHeader) -> list[str]:

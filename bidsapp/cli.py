@@ -18,6 +18,7 @@ from bidsapp import __version__, logs
 from bidsapp.deid_profiles import profile
 from bidsapp.errors import EXIT_CODES, BidsAppError, UnknownAnalysisLevel, UsageError
 from bidsapp.settings import DEFAULT_HEURISTIC, Settings, env
+from bidsapp.stores import is_remote
 from bidsapp.subjects import clean_label
 
 LEVELS = ("participant", "group")
@@ -390,7 +391,7 @@ def cmd_slurm(argv: Sequence[str]) -> int:
         load_secret((passed.date_secret or subject_map.with_suffix(".secret")).absolute())
 
     def where(location: str) -> str:
-        return location if location.startswith("gdrive:") else str(Path(location).absolute())
+        return location if is_remote(location) else str(Path(location).absolute())
 
     plan = slurm.Plan(
         source=where(args.source),

@@ -11,7 +11,6 @@ verified, dropping it otherwise), then decides from the manifest whether there i
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -21,7 +20,6 @@ from typing import Any
 
 from loguru import logger
 
-from bidsapp.errors import LocationNotFound
 from bidsapp.stores import Store
 
 SHARED_FOLDERS = (
@@ -135,12 +133,8 @@ def published_manifest(store: Store, target: Target) -> dict[str, Any] | None:
     manifest = read_manifest(store, target)
     if manifest is None:
         return None
-    # One listing per part instead of a lookup per file: on Drive the walk leaves every file's
-    # md5 in the store's metadata cache, so `verify` below asks Drive nothing more.
     for _, folder in target.parts:
-        with contextlib.suppress(LocationNotFound):
-            for _ in store.walk(folder):
-                pass
+        store.prefetch(folder)
     return manifest if verify(store, manifest) else None
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from bidsapp import __version__
 from bidsapp.errors import TemporaryFailure, UsageError
+from bidsapp.stores import is_remote
 from bidsapp.subjects import Subject, clean_label
 
 RUNTIMES = ("none", "apptainer", "singularity", "docker")
@@ -117,7 +118,7 @@ class Batch:
 
 
 def _is_local(location: str) -> bool:
-    return not location.startswith("gdrive:")
+    return not is_remote(location)
 
 
 def _binds(plan: Plan, batch: Path) -> list[tuple[str, bool]]:

@@ -7,14 +7,24 @@ thing that knows whether data is on Drive or on disk.
 from __future__ import annotations
 
 import builtins
+import hashlib
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from bidsapp.settings import Settings
+
+
+def md5_of(stream: BinaryIO) -> str:
+    """md5 of a whole binary stream (read from its start in 1 MiB blocks)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    stream.seek(0)
+    while block := stream.read(1 << 20):
+        digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,10 @@ class Store(Protocol):
     def md5(self, path: str) -> str:
         """The md5 of a stored file."""
 
+    def prefetch(self, path: str) -> None:
+        """Learn everything below `path` before many lookups there (no-op where lookups are
+        cheap); no error when it is missing."""
+
     def make_folder(self, path: str) -> None:
         """Create a folder and its parents; no error when it exists."""
 
@@ -88,6 +102,14 @@ class Store(Protocol):
         """An exclusive lock named `name` under .bidsapp/locks, held for the block."""
 
 
+REMOTE_PREFIX = "gdrive:"
+
+
+def is_remote(location: str) -> bool:
+    """Whether a command-line location is on Google Drive rather than a local folder."""
+    return location.startswith(REMOTE_PREFIX)
+
+
 def open_store(
     location: str, *, for_output: bool = False, settings: Settings | None = None
 ) -> Store:
@@ -97,7 +119,7 @@ def open_store(
     """
     from bidsapp.stores.local import LocalStore
 
-    if location.startswith("gdrive:"):
+    if is_remote(location):
         from bidsapp.stores.drive import open_drive
 
         return open_drive(location, for_output=for_output, settings=settings)

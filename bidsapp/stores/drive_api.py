@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import errno
 import functools
-import hashlib
 import http.client
-import io
 import json
 import os
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 import google_auth_httplib2
@@ -62,10 +59,6 @@ SA_STORAGE_HINT = (
 httplib2.RETRIES = 1
 
 
-class ChecksumMismatch(Exception):
-    """A transfer whose md5 differs from Drive's: worth one more try."""
-
-
 class RestartUpload(Exception):
     """The resumable session is gone (404/410): the upload starts again from byte 0."""
 
@@ -100,7 +93,7 @@ def _retry_after(exc: HttpError) -> float:
 
 def classify(exc: BaseException) -> Retry | None:
     """Whether a failed Drive request is worth another try (and how politely)."""
-    if isinstance(exc, ChecksumMismatch | RestartUpload):
+    if isinstance(exc, RestartUpload):
         return Retry()
     if isinstance(exc, HttpError):
         status = exc.resp.status
@@ -417,14 +410,6 @@ def quote(text: str) -> str:
     return text.replace("\\", "\\\\").replace("'", "\\'")
 
 
-def md5_of(stream: BinaryIO) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    stream.seek(0)
-    while block := stream.read(1 << 20):
-        digest.update(block)
-    return digest.hexdigest()
-
-
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, HttpError):
         reason = error_reason(exc)
@@ -435,11 +420,3 @@ def _describe(exc: BaseException) -> str:
 def drive_url() -> str:
     """BIDSAPP_DRIVE_URL: where Drive is (an emulator in tests and the demo); '' for Google."""
     return os.environ.get("BIDSAPP_DRIVE_URL", "").strip()
-
-
-def bytes_stream(data: bytes) -> BinaryIO:
-    return io.BytesIO(data)
-
-
-def file_stream(path: Path) -> BinaryIO:
-    return path.open("rb")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import builtins
 import errno
 import fcntl
-import hashlib
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -13,18 +12,13 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from bidsapp.errors import LocalIOError, LocationNotFound, OutputNotWritable
-from bidsapp.stores import Entry, Store
-
-CHUNK = 1 << 20
+from bidsapp.stores import Entry, Store, md5_of
 
 
 def file_md5(path: Path) -> str:
     """md5 of a local file, read in chunks."""
-    digest = hashlib.md5(usedforsecurity=False)
     with path.open("rb") as fh:
-        while block := fh.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
+        return md5_of(fh)
 
 
 class LocalStore:
@@ -123,6 +117,9 @@ class LocalStore:
 
     def md5(self, path: str) -> str:
         return file_md5(self._path(path))
+
+    def prefetch(self, path: str) -> None:
+        pass  # a lookup on disk is a stat: nothing to gain
 
     def make_folder(self, path: str) -> None:
         target = self._path(path)
