@@ -316,19 +316,19 @@ def cmd_status(argv: Sequence[str]) -> int:
     return 0
 
 
+# Settings the scripts give every task themselves (by dest): options after '--' may not change
+# them. Compared as parsed values, so abbreviations (`--work`) and `-w/path` cannot slip past.
 SLURM_RESERVED = (
-    "--participant-label",
-    "--participant_label",
-    "--session-label",
-    "--session_label",
-    "--jobs",
-    "--work-dir",
-    "-w",
-    "--drive-rps",
-    "--credentials",
-    "--task-list",
-    "--task-index",
-    "--init",
+    "labels",
+    "sessions",
+    "subject_map",
+    "jobs",
+    "work_dir",
+    "drive_rps",
+    "credentials",
+    "task_list",
+    "task_index",
+    "init",
 )
 
 
@@ -381,10 +381,13 @@ def cmd_slurm(argv: Sequence[str]) -> int:
     args = parser.parse_args(args_in)
     if args.runtime != "none" and not args.image:
         raise UsageError(f"--runtime {args.runtime} needs --image")
-    reserved = [a for a in extra if a.split("=")[0] in SLURM_RESERVED]
-    if reserved:
-        raise UsageError(f"{reserved[0]} is set by the scripts; it cannot follow '--'")
-    passed = bids_app_parser().parse_args([args.source, args.output, "participant", *extra])
+    app = bids_app_parser()
+    level = [args.source, args.output, "participant"]
+    defaults, passed = app.parse_args(level), app.parse_args([*level, *extra])
+    for dest in SLURM_RESERVED:
+        if getattr(passed, dest) != getattr(defaults, dest):
+            flag = next(a.option_strings[0] for a in app._actions if a.dest == dest)
+            raise UsageError(f"{flag} is set by the scripts; it cannot follow '--'")
     subject_map = args.subject_map.absolute()
     tasks = slurm.tasks_for(read_map(subject_map))
     if passed.dates == "shift":  # made once here, not raced for by the first tasks

@@ -102,6 +102,32 @@ def lab(tmp_path: Path, cluster: SlurmCluster) -> Iterator[DriveLab]:
         yield DriveLab(emu, key, drive, {**cluster.env, "BIDSAPP_DRIVE_URL": emu.url})
 
 
+RESERVED_SPELLINGS = [
+    ["--work-dir", "/shared"],
+    ["--work", "/shared"],
+    ["-w/shared"],
+    ["--cred", "k.json"],
+    ["--subject-map", "other.tsv"],
+]
+
+
+@pytest.mark.parametrize("extra", RESERVED_SPELLINGS)
+def test_options_the_scripts_set_cannot_follow_the_separator(
+    extra: list[str], tmp_path: Path, bidsapp: RunCli
+) -> None:
+    """Raw DICOMs must stay on node-local scratch: no spelling of --work-dir gets through."""
+    (tmp_path / "source").mkdir()
+    subject_map = tmp_path / "map.tsv"
+    subject_map.write_text(MAP)
+    result = bidsapp(
+        "slurm", "write", tmp_path / "source", tmp_path / "out", "--subject-map", subject_map,
+        "--slurm-dir", tmp_path / "slurm", "--", *extra, work=False,
+    )  # fmt: skip
+    assert result.returncode == 64, result.stderr
+    assert "is set by the scripts" in result.stderr
+    assert not (tmp_path / "slurm").exists()
+
+
 def test_slurm_array_against_drive_then_resubmit(
     tmp_path: Path, bidsapp: RunCli, cluster: SlurmCluster, lab: DriveLab
 ) -> None:
