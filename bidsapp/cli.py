@@ -31,6 +31,18 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
+def _file(text: str) -> Path:
+    """A file the scripts and child jobs may read from another directory: absolute, `~` expanded."""
+    return Path(text).expanduser().absolute()
+
+
+def date_secret(given: Path | None, subject_map: Path | None) -> Path | None:
+    """--date-secret, else the secret beside the map it belongs to (MAP.secret), else None."""
+    if given:
+        return given.absolute()
+    return subject_map.absolute().with_suffix(".secret") if subject_map else None
+
+
 def _label(text: str) -> str:
     try:
         return clean_label(text)
@@ -184,7 +196,7 @@ def bids_app_parser() -> Parser:
     drive = parser.add_argument_group("google drive")
     drive.add_argument(
         "--credentials",
-        type=Path,
+        type=_file,
         metavar="JSON",
         help="service-account key or user token (default: GOOGLE_APPLICATION_CREDENTIALS, "
         "then the token of 'bidsapp auth login', then application default credentials)",
@@ -207,10 +219,9 @@ def run_bids_app(argv: Sequence[str]) -> int:
         raise UsageError("--init belongs to the group level")
     logs.setup_console(args.log_level)
     kwargs: dict[str, Any] = {"work_dir": args.work_dir.absolute()} if args.work_dir else {}
-    if args.date_secret:
-        kwargs["date_secret"] = args.date_secret.absolute()
-    elif args.subject_map:  # the secret lives beside the map it belongs to
-        kwargs["date_secret"] = args.subject_map.absolute().with_suffix(".secret")
+    secret = date_secret(args.date_secret, args.subject_map)
+    if secret is not None:
+        kwargs["date_secret"] = secret
     if args.deid != "none":
         profile(args.deid)  # an unknown profile is a usage error before any work
     labels, sessions = tuple(dict.fromkeys(args.labels)), tuple(dict.fromkeys(args.sessions))
@@ -226,7 +237,7 @@ def run_bids_app(argv: Sequence[str]) -> int:
     if args.drive_rps is not None:
         kwargs["drive_rps"] = args.drive_rps
     if args.credentials is not None:
-        kwargs["credentials"] = args.credentials.expanduser().absolute()
+        kwargs["credentials"] = args.credentials
     settings = Settings(
         source=args.source,
         output=args.output,
@@ -263,9 +274,9 @@ def cmd_subjects(argv: Sequence[str]) -> int:
     parser = Parser(prog="bidsapp subjects", description=cmd_subjects.__doc__)
     parser.add_argument("source")
     parser.add_argument("--subject-map", type=Path, required=True, metavar="TSV")
-    parser.add_argument("--credentials", type=Path, metavar="JSON", help="Google credentials")
+    parser.add_argument("--credentials", type=_file, metavar="JSON", help="Google credentials")
     args = parser.parse_args(argv)
-    creds = args.credentials.expanduser().absolute() if args.credentials else None
+    creds = args.credentials
     store = open_store(
         args.source, settings=Settings(args.source, "", "", credentials=creds) if creds else None
     )
@@ -296,14 +307,14 @@ def cmd_status(argv: Sequence[str]) -> int:
         "--subject-map", type=Path, metavar="TSV", help="also list subjects that never ran"
     )
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--credentials", type=Path, metavar="JSON", help="for a Drive OUTPUT")
+    parser.add_argument("--credentials", type=_file, metavar="JSON", help="for a Drive OUTPUT")
     args = parser.parse_args(argv)
     expected = (
         [(s.label, s.session) for s in read_map(args.subject_map)] if args.subject_map else None
     )
     settings = Settings(source="", output=args.output, level="status")
     if args.credentials is not None:
-        settings = replace(settings, credentials=args.credentials.expanduser().absolute())
+        settings = replace(settings, credentials=args.credentials)
     rows = job_states(open_store(args.output, settings=settings), expected)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -371,7 +382,7 @@ def cmd_slurm(argv: Sequence[str]) -> int:
         metavar="R",
         help="Drive budget for the whole array; each task gets R / array limit",
     )
-    parser.add_argument("--credentials", type=Path, metavar="JSON", help="by file path only")
+    parser.add_argument("--credentials", type=_file, metavar="JSON", help="by file path only")
     parser.add_argument(
         "--bidsapp-cmd",
         metavar="CMD",
@@ -390,8 +401,9 @@ def cmd_slurm(argv: Sequence[str]) -> int:
             raise UsageError(f"{flag} is set by the scripts; it cannot follow '--'")
     subject_map = args.subject_map.absolute()
     tasks = slurm.tasks_for(read_map(subject_map))
-    if passed.dates == "shift":  # made once here, not raced for by the first tasks
-        load_secret((passed.date_secret or subject_map.with_suffix(".secret")).absolute())
+    secret = date_secret(passed.date_secret, subject_map)
+    if passed.dates == "shift" and secret is not None:  # made here, not raced for by the tasks
+        load_secret(secret)
 
     def where(location: str) -> str:
         return location if is_remote(location) else str(Path(location).absolute())
@@ -413,7 +425,7 @@ def cmd_slurm(argv: Sequence[str]) -> int:
         mem=args.mem,
         cpus=args.cpus,
         drive_rps=args.drive_rps or Settings(source="", output="", level="").drive_rps,
-        credentials=args.credentials.absolute() if args.credentials else None,
+        credentials=args.credentials,
         extra=tuple(extra),
     )
     if args.bidsapp_cmd:
@@ -480,7 +492,7 @@ def cmd_auth(argv: Sequence[str]) -> int:
     login.add_argument("--readonly", action="store_true", help="only read Drive (no publishing)")
     login.add_argument("--token", type=Path, help="where to keep the token (0600)")
     who = sub.add_parser("whoami", help="the identity bidsapp would use for Drive")
-    who.add_argument("--credentials", type=Path, metavar="JSON")
+    who.add_argument("--credentials", type=_file, metavar="JSON")
     args = parser.parse_args(argv)
     if args.action == "login":
         token = args.token or drive_auth.default_token_path()

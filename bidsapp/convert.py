@@ -18,7 +18,7 @@ from typing import Any
 from bidsapp.classify import Decision, output_names
 from bidsapp.dcm2niix_shim import environment as dcm2niix_shim_env
 from bidsapp.errors import BadInputData, UsageError
-from bidsapp.finish import PLAN_ENV, PlanEntry, finish, read_plan
+from bidsapp.finish import PLAN_ENV, PlanEntry, finish, full_stem, read_plan
 from bidsapp.headers import inventory
 from bidsapp.overrides import ENV as OVERRIDES_ENV
 from bidsapp.overrides import dump as dump_overrides
@@ -185,14 +185,6 @@ def convert(staged: StagedExam, subject: Subject, heuristic: Heuristic, work: Pa
         series = _series_table(out, subject.label)
     found_sessions = sorted(p.name[4:] for p in (bids / subject_dir.name).glob("ses-*"))
     return Converted(bids, files, series, found_sessions)
-
-
-def full_stem(name: str, label: str, session: str) -> str:
-    """'anat/acq-x_T1w' → 'sub-01[/ses-1]/anat/sub-01[_ses-1]_acq-x_T1w'."""
-    datatype, _, rest = name.partition("/")
-    folder = f"sub-{label}" + (f"/ses-{session}" if session else "")
-    prefix = f"sub-{label}" + (f"_ses-{session}" if session else "")
-    return f"{folder}/{datatype}/{prefix}_{rest}"
 
 
 def plan_table(

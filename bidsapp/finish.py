@@ -62,7 +62,8 @@ def write_plan(decisions: list[Decision], headers: dict[str, SeriesHeader]) -> N
     Path(target).write_text(json.dumps(record, indent=1), encoding="utf-8")
 
 
-def _stem(name: str, label: str, session: str) -> str:
+def full_stem(name: str, label: str, session: str) -> str:
+    """'anat/acq-x_T1w' → 'sub-01[/ses-1]/anat/sub-01[_ses-1]_acq-x_T1w'."""
     datatype, _, rest = name.partition("/")
     folder = f"sub-{label}" + (f"/ses-{session}" if session else "")
     prefix = f"sub-{label}" + (f"_ses-{session}" if session else "")
@@ -91,7 +92,7 @@ def finish(bids: Path, label: str, session: str, entries: list[PlanEntry]) -> di
         stems = [
             s
             for n in output_names(d, h)
-            if (bids / f"{(s := _stem(n, label, session))}.nii.gz").is_file()
+            if (bids / f"{(s := full_stem(n, label, session))}.nii.gz").is_file()
         ]
         if not stems:
             continue
@@ -111,7 +112,7 @@ def _remove_side_products(
     bids: Path, label: str, session: str, entries: list[PlanEntry]
 ) -> dict[str, str]:
     predicted = {
-        _stem(n, label, session): d.series_id for d, h in entries for n in output_names(d, h)
+        full_stem(n, label, session): d.series_id for d, h in entries for n in output_names(d, h)
     }
     notes: dict[str, str] = {}
     removed: set[str] = set()
