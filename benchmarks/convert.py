@@ -105,7 +105,7 @@ def run_bidsapp(shared: Path, case: str, tmp: Path) -> Sample:
 
 
 def run_heudiconv(case_dir: Path, template: list[str], tmp: Path) -> Sample:
-    """heudiconv alone, with exactly the command line bidsapp runs (bidsapp.convert)."""
+    """heudiconv alone, with exactly the command line bidsapp runs (bidsapp.pipeline.convert)."""
     subst = {"@FILES@": str(case_dir), "@OUT@": str(tmp / "heudiconv")}
     argv = [str(BIN / "heudiconv"), *(subst.get(a, a) for a in template[1:])]
     return run_measured(argv, cwd=tmp, env=QUIET_ENV, log=tmp / "heudiconv.log")
@@ -169,7 +169,7 @@ def report_case(case: str, res: dict[str, Measure]) -> bool:
 FACTS = """
 import json
 from pathlib import Path
-from bidsapp.convert import heudiconv_argv, load_heuristic
+from bidsapp.pipeline.convert import heudiconv_argv, load_heuristic
 from bidsapp.tools import versions
 argv = heudiconv_argv([Path("@FILES@")], "01", "", load_heuristic("reproin").path, Path("@OUT@"))
 print(json.dumps({"argv": argv, "versions": versions()}))

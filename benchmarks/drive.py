@@ -24,11 +24,11 @@ from pathlib import Path
 from googleapiclient.discovery import build_from_document
 from googleapiclient.http import MediaIoBaseUpload
 
-from bidsapp.emulator import Emulator
-from bidsapp.pacer import TokenBucket
-from bidsapp.publish import init_shared
+from bidsapp.pipeline.publish import init_shared
+from bidsapp.sandbox.emulator import Emulator
 from bidsapp.stores.drive import open_drive
 from bidsapp.stores.drive_api import _discovery
+from bidsapp.stores.pacer import TokenBucket
 
 SA = "bench@proj.iam.gserviceaccount.com"
 LAB = "lab@example.org"

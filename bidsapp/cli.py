@@ -15,11 +15,11 @@ from typing import Any, NoReturn
 from loguru import logger
 
 from bidsapp import __version__, logs
-from bidsapp.deid_profiles import profile
 from bidsapp.errors import EXIT_CODES, BidsAppError, UnknownAnalysisLevel, UsageError
+from bidsapp.pipeline.subjects import clean_label
+from bidsapp.privacy.profiles import profile
 from bidsapp.settings import DEFAULT_HEURISTIC, Settings, env
 from bidsapp.stores import is_remote
-from bidsapp.subjects import clean_label
 
 LEVELS = ("participant", "group")
 
@@ -209,8 +209,8 @@ def bids_app_parser() -> Parser:
 
 
 def run_bids_app(argv: Sequence[str]) -> int:
-    from bidsapp.group import run_group
-    from bidsapp.pipeline import run_participant
+    from bidsapp.pipeline.group import run_group
+    from bidsapp.pipeline.participant import run_participant
 
     args = bids_app_parser().parse_args(argv)
     if args.analysis_level not in LEVELS:
@@ -226,7 +226,7 @@ def run_bids_app(argv: Sequence[str]) -> int:
         profile(args.deid)  # an unknown profile is a usage error before any work
     labels, sessions = tuple(dict.fromkeys(args.labels)), tuple(dict.fromkeys(args.sessions))
     if args.task_list is not None or args.task_index is not None:
-        from bidsapp.slurm import read_task
+        from bidsapp.batch.slurm import read_task
 
         if args.task_list is None or args.task_index is None:
             raise UsageError("--task-list and --task-index go together")
@@ -268,8 +268,8 @@ def run_bids_app(argv: Sequence[str]) -> int:
 
 def cmd_subjects(argv: Sequence[str]) -> int:
     """List the exam folders of SOURCE and write or extend the subject map."""
+    from bidsapp.pipeline.subjects import extend_map, read_map, write_map
     from bidsapp.stores import open_store
-    from bidsapp.subjects import extend_map, read_map, write_map
 
     parser = Parser(prog="bidsapp subjects", description=cmd_subjects.__doc__)
     parser.add_argument("source")
@@ -297,9 +297,9 @@ def cmd_subjects(argv: Sequence[str]) -> int:
 
 def cmd_status(argv: Sequence[str]) -> int:
     """Print every job's last state from OUTPUT/.bidsapp/status (with a map: never-run ones too)."""
-    from bidsapp.status import job_states
+    from bidsapp.pipeline.status import job_states
+    from bidsapp.pipeline.subjects import read_map
     from bidsapp.stores import open_store
-    from bidsapp.subjects import read_map
 
     parser = Parser(prog="bidsapp status", description=cmd_status.__doc__)
     parser.add_argument("output")
@@ -348,12 +348,12 @@ def cmd_slurm(argv: Sequence[str]) -> int:
 
     Options after `--` go to every bidsapp call in the scripts (e.g. -- --heuristic reproin).
     """
-    from bidsapp import slurm
-    from bidsapp.deid_profiles import load_secret
-    from bidsapp.publish import init_shared
-    from bidsapp.status import job_states
+    from bidsapp.batch import slurm
+    from bidsapp.pipeline.publish import init_shared
+    from bidsapp.pipeline.status import job_states
+    from bidsapp.pipeline.subjects import read_map
+    from bidsapp.privacy.profiles import load_secret
     from bidsapp.stores import open_store
-    from bidsapp.subjects import read_map
 
     args_in = list(argv)
     extra = args_in[args_in.index("--") + 1 :] if "--" in args_in else []
@@ -505,8 +505,8 @@ def cmd_auth(argv: Sequence[str]) -> int:
         )
         print(f"signed in; token saved to {token} (readable by you only)")
         return 0
-    from bidsapp.pacer import Backoff, Pacer
     from bidsapp.stores.drive_api import DriveClient, drive_url
+    from bidsapp.stores.pacer import Backoff, Pacer
 
     identity = drive_auth.load_identity(args.credentials, write=False)
     client = DriveClient(identity, Pacer(5, backoff=Backoff(0.5, 4, 3)), url=drive_url())
@@ -517,7 +517,7 @@ def cmd_auth(argv: Sequence[str]) -> int:
 
 def cmd_demo(argv: Sequence[str]) -> int:
     """Synthetic exams through the whole flow on a built-in Drive emulator (no Google account)."""
-    from bidsapp.demo import run_demo
+    from bidsapp.sandbox.demo import run_demo
 
     parser = Parser(prog="bidsapp demo", description=cmd_demo.__doc__)
     parser.add_argument("--dir", type=Path, default=Path("bidsapp-demo"), help="where to put it")
@@ -530,7 +530,7 @@ def cmd_demo(argv: Sequence[str]) -> int:
 
 def cmd_emulator(argv: Sequence[str]) -> int:
     """Run the Drive v3 emulator in the foreground (for the demo and manual tests)."""
-    from bidsapp.emulator.foreground import run_foreground
+    from bidsapp.sandbox.emulator.foreground import run_foreground
 
     parser = Parser(prog="bidsapp emulator", description=cmd_emulator.__doc__)
     parser.add_argument("--port", type=int, default=0, help="TCP port (default: any free one)")
@@ -565,7 +565,7 @@ def cmd_emulator(argv: Sequence[str]) -> int:
 
 def cmd_inspect(argv: Sequence[str]) -> int:
     """Print each series of one exam and the BIDS name it gets, or why it is skipped."""
-    from bidsapp.inspection import run_inspect
+    from bidsapp.pipeline.inspection import run_inspect
 
     return run_inspect(argv)
 

@@ -13,7 +13,7 @@ from loguru import logger
 if TYPE_CHECKING:
     from loguru import Record
 
-    from bidsapp.phi import Identifiers
+    from bidsapp.privacy.phi import Identifiers
 
 
 class Redactor:

@@ -2,7 +2,7 @@
 
 Each series is summarised from its headers (image type, sequence, TR/TE/TI from enhanced
 functional groups too, b-values, phase-encoding direction; description and protocol name as
-hints) by `custom_seqinfo`, classified by `bidsapp.classify`, and named T1w/T2w/FLAIR/PDw/
+hints) by `custom_seqinfo`, classified by `bidsapp.heuristic.classify`, and named T1w/T2w/FLAIR/PDw/
 T2starw, bold/sbref, dwi, fmap magnitude/phasediff/epi or perf asl. Repeats get rec-/dir-/acq-
 where the headers show how they differ, else run- in acquisition order. Scanner-derived images,
 localizers and non-image series are skipped; bidsapp's report lists each with its reason.
@@ -18,9 +18,9 @@ from collections.abc import Iterable
 
 from heudiconv.utils import SeqInfo
 
-from bidsapp.headers import custom_seqinfo
-from bidsapp.heuristic_base import Key
-from bidsapp.heuristic_base import infotodict as infotodict_from_headers
+from bidsapp.heuristic.base import Key
+from bidsapp.heuristic.base import infotodict as infotodict_from_headers
+from bidsapp.heuristic.headers import custom_seqinfo
 
 __all__ = ["EXPECTED_FILES", "custom_seqinfo", "infotodict"]
 

@@ -19,10 +19,10 @@ from collections.abc import Iterable
 
 from heudiconv.utils import SeqInfo
 
-from bidsapp.classify import Override
-from bidsapp.headers import custom_seqinfo
-from bidsapp.heuristic_base import Key
-from bidsapp.heuristic_base import infotodict as infotodict_from_headers
+from bidsapp.heuristic.base import Key
+from bidsapp.heuristic.base import infotodict as infotodict_from_headers
+from bidsapp.heuristic.classify import Override
+from bidsapp.heuristic.headers import custom_seqinfo
 
 __all__ = ["EXPECTED_FILES", "custom_seqinfo", "infotodict"]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bidsapp.synthetic import Patient, Series, write_session
+from bidsapp.sandbox.exams import Patient, Series, write_session
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DICOM = Path(os.environ.get("BIDSAPP_SHARED_DICOM", REPO.parent / "shared" / "dicom"))

@@ -22,7 +22,7 @@ from conftest import T1_ONLY, MakeExam, RunCli, error_lines, need, published_fil
 from pydicom import config
 from pydicom.dataset import Dataset, FileMetaDataset
 
-from bidsapp.synthetic import Patient, write_session
+from bidsapp.sandbox.exams import Patient, write_session
 
 FOLDER = "Zyxwvut Qqqq"  # an exam folder named after the patient, as exports often are
 PATIENT = Patient(

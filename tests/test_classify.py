@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from bidsapp.classify import (
+from bidsapp.heuristic.classify import (
     Decision,
     Override,
     accel_label,
@@ -21,7 +21,7 @@ from bidsapp.classify import (
     plan,
     task_label,
 )
-from bidsapp.headers import Output, SeriesHeader
+from bidsapp.heuristic.headers import Output, SeriesHeader
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from bidsapp import __version__
 from bidsapp.errors import EXIT_CODES
-from bidsapp.publish import Target, publish
-from bidsapp.status import StatusRecord
+from bidsapp.pipeline.publish import Target, publish
+from bidsapp.pipeline.status import StatusRecord
 from bidsapp.stores.local import LocalStore
 from tests.conftest import RunCli
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pytest
 
-from bidsapp.emulator import Emulator
+from bidsapp.sandbox.emulator import Emulator
 from tests.conftest import REPO, SHARED_DICOM, need
 
 pytestmark = pytest.mark.container

@@ -1,4 +1,4 @@
-"""Tests for bidsapp.deid: profile on sidecars, TSVs and NIfTI; dates; DICOM copies; faces."""
+"""bidsapp.privacy.deid: profile on sidecars, TSVs and NIfTI; dates; DICOM copies; faces."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from bidsapp.deid import (
+from bidsapp.errors import BadInputData, UsageError
+from bidsapp.privacy.deid import (
     DATE_MODES,
     DeidReport,
     date_offset,
@@ -28,10 +29,9 @@ from bidsapp.deid import (
     profile,
     shift_date,
 )
-from bidsapp.deid_profiles import REMOVE, rule_for
-from bidsapp.errors import BadInputData, UsageError
-from bidsapp.phi import Identifiers, scan_tree
-from bidsapp.synthetic import Patient, Series, write_session
+from bidsapp.privacy.phi import Identifiers, scan_tree
+from bidsapp.privacy.profiles import REMOVE, rule_for
+from bidsapp.sandbox.exams import Patient, Series, write_session
 
 NAME = "Gonçalves^João"
 HEADER = {
@@ -269,7 +269,9 @@ def test_offset_is_stable_per_label_and_differs_between_labels() -> None:
     assert OFFSET == date_offset("01", SECRET) == date_offset("sub-01", SECRET) == -42294
     assert date_offset("02", SECRET) != OFFSET
     assert date_offset("01", bytes(32)) != OFFSET
-    code = "from bidsapp.deid import date_offset; print(date_offset('01', bytes(range(32))))"
+    code = (
+        "from bidsapp.privacy.deid import date_offset; print(date_offset('01', bytes(range(32))))"
+    )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from bidsapp.emulator import Emulator
+from bidsapp.sandbox.emulator import Emulator
 
 LAB = "lab@example.org"
 FOLLOW = """

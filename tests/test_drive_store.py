@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 from loguru import logger
 
-from bidsapp.emulator import Emulator, Fault
 from bidsapp.errors import (
     CredentialsError,
     LocationNotFound,
@@ -25,11 +24,12 @@ from bidsapp.errors import (
     TemporaryFailure,
     UsageError,
 )
-from bidsapp.publish import Target, init_shared, publish, published_manifest, repair
-from bidsapp.stage import stage
+from bidsapp.pipeline.publish import Target, init_shared, publish, published_manifest, repair
+from bidsapp.pipeline.stage import stage
+from bidsapp.sandbox.emulator import Emulator, Fault
+from bidsapp.sandbox.exams import Patient, Series, write_session
 from bidsapp.stores import open_store
 from bidsapp.stores.drive import DriveStore, escape
-from bidsapp.synthetic import Patient, Series, write_session
 
 SA = "bidsapp@proj.iam.gserviceaccount.com"
 LAB = "lab@example.org"

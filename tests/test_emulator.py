@@ -32,7 +32,7 @@ from googleapiclient.discovery_cache import get_static_doc
 from googleapiclient.errors import HttpError
 from googleapiclient.http import MediaIoBaseDownload, MediaIoBaseUpload, build_http
 
-from bidsapp.emulator import Emulator, Fault
+from bidsapp.sandbox.emulator import Emulator, Fault
 
 SCOPES = ["https://www.googleapis.com/auth/drive"]
 FOLDER = "application/vnd.google-apps.folder"

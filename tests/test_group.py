@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 
 from bidsapp.errors import ValidationFailed
-from bidsapp.group import BIDSIGNORE_LINES, run_group
-from bidsapp.publish import SHARED_FOLDERS, Target, publish, published_manifest
+from bidsapp.pipeline.group import BIDSIGNORE_LINES, run_group
+from bidsapp.pipeline.publish import SHARED_FOLDERS, Target, publish, published_manifest
 from bidsapp.settings import Settings
 from bidsapp.stores.local import LocalStore
 from bidsapp.tools import which

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bidsapp.publish import FAULT_ENV, FAULT_SIGNAL_ENV
+from bidsapp.pipeline.publish import FAULT_ENV, FAULT_SIGNAL_ENV
 from tests.conftest import MakeExam, RunCli
 
 pytestmark = pytest.mark.slow

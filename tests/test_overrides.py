@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bidsapp.classify import Override
 from bidsapp.errors import UsageError
-from bidsapp.overrides import dump, load
+from bidsapp.heuristic.classify import Override
+from bidsapp.heuristic.overrides import dump, load
 from tests.conftest import MakeExam, RunCli, error_lines
 
 

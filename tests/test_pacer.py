@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from bidsapp.errors import TemporaryFailure, UsageError
-from bidsapp.pacer import Backoff, Pacer, RetriesExhausted, Retry, TokenBucket
+from bidsapp.stores.pacer import Backoff, Pacer, RetriesExhausted, Retry, TokenBucket
 
 
 class FakeClock:

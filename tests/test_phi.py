@@ -1,4 +1,4 @@
-"""Tests for bidsapp.phi: tokens, identifier collection, find/redact, scan_tree."""
+"""Tests for bidsapp.privacy.phi: tokens, identifier collection, find/redact, scan_tree."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from pydicom import Dataset
 
-from bidsapp.phi import (
+from bidsapp.privacy.phi import (
     FOLDER_FIELD,
     Hit,
     Identifier,

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from bidsapp.emulator import Emulator, Fault
-from bidsapp.phi import Identifiers, scan_tree
-from bidsapp.synthetic import Series
+from bidsapp.privacy.phi import Identifiers, scan_tree
+from bidsapp.sandbox.emulator import Emulator, Fault
+from bidsapp.sandbox.exams import Series
 from tests.conftest import MakeExam, RunCli, error_lines
 
 pytestmark = pytest.mark.slow

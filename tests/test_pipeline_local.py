@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from bidsapp.gate import validate
-from bidsapp.publish import FAULT_POINTS
-from bidsapp.synthetic import Patient, Series
+from bidsapp.pipeline.gate import validate
+from bidsapp.pipeline.publish import FAULT_POINTS
+from bidsapp.sandbox.exams import Patient, Series
 from tests.conftest import MakeExam, RunCli, need, published_files
 
 pytestmark = pytest.mark.slow

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from bidsapp import publish as pub
-from bidsapp.publish import (
+from bidsapp.pipeline import publish as pub
+from bidsapp.pipeline.publish import (
     FAULT_POINTS,
     Target,
     publish,
@@ -50,7 +50,7 @@ BEFORE_PENDING = ("upload", "uploaded")
 SCRIPT = """
 import sys
 from pathlib import Path
-from bidsapp.publish import Target, publish
+from bidsapp.pipeline.publish import Target, publish
 from bidsapp.stores.local import LocalStore
 out, data, deriv, label, session, run = sys.argv[1:]
 publish(LocalStore(Path(out)), Target(label, session), {"data": Path(data), "deriv": Path(deriv)},

@@ -190,7 +190,7 @@ def test_subject_report_in_chromium(browser: DevTools, built: Built) -> None:
 
 
 def test_dataset_index_in_chromium(browser: DevTools, built: Built) -> None:
-    from bidsapp.report_index import render_index
+    from bidsapp.report.index import render_index
 
     index = built.dest.parent / "index.html"
     entries = [sample_entry("01", 2.0), sample_entry("02", 2.0), sample_entry("03", 3.0, "failed")]

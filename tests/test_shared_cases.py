@@ -29,8 +29,8 @@ import pydicom
 import pytest
 from pydicom.tag import BaseTag
 
-from bidsapp.deid_profiles import profile
-from bidsapp.phi import Identifiers, scan_tree
+from bidsapp.privacy.phi import Identifiers, scan_tree
+from bidsapp.privacy.profiles import profile
 from tests.conftest import SHARED_DICOM, need, published_files, run_bidsapp, shared_cases
 
 S = "sub-01"

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from bidsapp.emulator import Emulator
-from bidsapp.slurm import RUNTIMES
-from bidsapp.synthetic import Series, write_session
+from bidsapp.batch.slurm import RUNTIMES
+from bidsapp.sandbox.emulator import Emulator
+from bidsapp.sandbox.exams import Series, write_session
 from tests.conftest import RunCli, need
 from tests.slurm_cluster import SlurmCluster, missing
 

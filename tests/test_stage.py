@@ -1,4 +1,4 @@
-"""Unit tests for bidsapp.stage: exam folder → numbered local DICOM tree (no conversion runs)."""
+"""bidsapp.pipeline.stage: exam folder → numbered local DICOM tree (no conversion runs)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MediaStorageDirectoryStorage, generate_uid
 
 from bidsapp.errors import BadInputData
-from bidsapp.stage import StagedExam, stage
+from bidsapp.pipeline.stage import StagedExam, stage
+from bidsapp.sandbox.exams import Patient, Series, write_session
 from bidsapp.stores.local import LocalStore
-from bidsapp.synthetic import Patient, Series, write_session
 
 LOCALIZER = (Series("localizer", "localizer"),)  # three small slices: the fastest real session
 STAGED_NAME = re.compile(r"^study-\d+/\d{6}\.dcm$")

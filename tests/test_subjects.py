@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from bidsapp.errors import NoSubjectSelected, UsageError
-from bidsapp.stores.local import LocalStore
-from bidsapp.subjects import (
+from bidsapp.pipeline.subjects import (
     Subject,
     clean_label,
     extend_map,
@@ -17,6 +16,7 @@ from bidsapp.subjects import (
     select,
     write_map,
 )
+from bidsapp.stores.local import LocalStore
 
 HEADER = "source\tparticipant\tsession\n"
 

@@ -16,7 +16,7 @@ import pydicom
 import pytest
 from pydicom import config
 
-from bidsapp.synthetic import DEFAULT_SERIES, Patient, Series, write_session
+from bidsapp.sandbox.exams import DEFAULT_SERIES, Patient, Series, write_session
 from tests.conftest import need
 
 

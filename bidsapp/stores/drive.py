@@ -42,8 +42,6 @@ from bidsapp.errors import (
     TemporaryFailure,
     UsageError,
 )
-from bidsapp.pacer import Backoff, shared_pacer
-from bidsapp.progress import Progress
 from bidsapp.stores import Entry, Store, md5_of
 from bidsapp.stores.drive_api import (
     EMPTY_MD5,
@@ -56,6 +54,8 @@ from bidsapp.stores.drive_api import (
     drive_url,
 )
 from bidsapp.stores.drive_auth import load_identity
+from bidsapp.stores.pacer import Backoff, shared_pacer
+from bidsapp.stores.progress import Progress
 
 if TYPE_CHECKING:
     from bidsapp.settings import Settings

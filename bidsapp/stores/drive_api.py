@@ -1,8 +1,8 @@
 """The Drive v3 client under the store: one authorized Http per thread, every request paced.
 
-Every request goes through the process's pacer (bidsapp.pacer) with `classify` deciding what is
-worth retrying, and leaves as one of bidsapp's errors (exit codes) when it finally fails. The
-client library's own retries are off (`num_retries=0`, httplib2.RETRIES = 1): one retry layer.
+Every request goes through the process's pacer (bidsapp.stores.pacer) with `classify` deciding
+what is worth retrying, and leaves as one of bidsapp's errors (exit codes) when it finally fails.
+The client library's own retries are off (`num_retries=0`, httplib2.RETRIES = 1): one retry layer.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from bidsapp.errors import (
     OutputNotWritable,
     TemporaryFailure,
 )
-from bidsapp.pacer import Pacer, RetriesExhausted, Retry
 from bidsapp.stores.drive_auth import Identity, refresh_failure
+from bidsapp.stores.pacer import Pacer, RetriesExhausted, Retry
 
 T = TypeVar("T")
 FOLDER = "application/vnd.google-apps.folder"

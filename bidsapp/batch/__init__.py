@@ -1,0 +1,1 @@
+"""Many jobs: several subjects at once on one machine (--jobs) and SLURM arrays."""

@@ -1,0 +1,326 @@
+"""SLURM arrays: a frozen task list, thin sbatch scripts, submission, status-driven resubmission.
+
+Each `write` makes a new batch folder (batch-001, batch-002, …) that is never rewritten: its
+task list names jobs by label (sorted, so the array index never depends on the subject map's row
+order, and editing the map later cannot shift a queued task). The scripts hold no logic: a
+scratch work dir, a cleanup trap, one bidsapp call that reads its line of the task list.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bidsapp import __version__
+from bidsapp.errors import TemporaryFailure, UsageError
+from bidsapp.pipeline.subjects import Subject, clean_label
+from bidsapp.stores import is_remote
+
+RUNTIMES = ("none", "apptainer", "singularity", "docker")
+TASKS_HEADER = ("participant", "session")
+
+
+@dataclass(frozen=True, order=True)
+class Task:
+    """One array task: a subject, or one session of it."""
+
+    label: str
+    session: str = ""
+
+    @property
+    def job_name(self) -> str:
+        return f"sub-{self.label}" + (f"_ses-{self.session}" if self.session else "")
+
+
+def tasks_for(subjects: Sequence[Subject]) -> list[Task]:
+    """One task per map row, sorted by label and session (never by row order)."""
+    return sorted({Task(s.label, s.session) for s in subjects})
+
+
+def write_tasks(path: Path, tasks: Sequence[Task]) -> None:
+    lines = ["\t".join(TASKS_HEADER)] + [f"{t.label}\t{t.session}" for t in tasks]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def read_task(path: Path, index: int) -> Task:
+    """Line `index` (1 = the first task) of a task list."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise UsageError(f"cannot read the task list {path}: {exc.strerror}") from exc
+    if not lines or tuple(lines[0].split("\t")) != TASKS_HEADER:
+        raise UsageError(f"{path} is not a task list written by 'bidsapp slurm write'")
+    if not 1 <= index < len(lines):
+        raise UsageError(f"task {index} is not in {path} (it has {len(lines) - 1} tasks)")
+    label, _, session = lines[index].partition("\t")
+    return Task(clean_label(label), clean_label(session, "session label") if session else "")
+
+
+def default_bidsapp_cmd() -> tuple[str, ...]:
+    """This installation's bidsapp, by absolute path: batch jobs must not depend on PATH."""
+    script = Path(sys.executable).with_name("bidsapp")
+    if script.is_file() and os.access(script, os.X_OK):
+        return (str(script),)
+    return (sys.executable, "-m", "bidsapp.cli")
+
+
+def per_task_rps(budget: float, array_limit: int, tasks: int) -> float:
+    """Each task's Drive rate: the budget over the tasks that can run at once."""
+    return budget / max(1, min(array_limit, tasks))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything the scripts need; paths absolute."""
+
+    source: str
+    output: str
+    subject_map: Path
+    slurm_dir: Path
+    runtime: str = "none"
+    image: str = ""
+    array_limit: int = 50
+    partition: str = ""
+    time: str = ""
+    mem: str = ""
+    cpus: int = 1
+    drive_rps: float = 10.0
+    """The whole array's Drive budget (requests per second)."""
+    credentials: Path | None = None
+    bidsapp_cmd: tuple[str, ...] = field(default_factory=default_bidsapp_cmd)
+    extra: tuple[str, ...] = ()
+    """Further options passed to every bidsapp call (after `--` on the command line)."""
+    chdir: Path = field(default_factory=Path.cwd)
+
+    @property
+    def job_name(self) -> str:
+        """Names this OUTPUT's jobs in squeue (a hash: a path can say more than it should)."""
+        return "bidsapp-" + hashlib.sha256(self.output.encode()).hexdigest()[:8]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One written batch: task list and the two scripts."""
+
+    folder: Path
+    tasks: tuple[Task, ...]
+    participant: Path
+    group: Path
+
+
+def _is_local(location: str) -> bool:
+    return not is_remote(location)
+
+
+def _binds(plan: Plan, batch: Path) -> list[tuple[str, bool]]:
+    """Host paths the container needs, each with whether it may be written."""
+    binds: list[tuple[str, bool]] = [(str(batch), False), (str(plan.subject_map.parent), False)]
+    if _is_local(plan.source):
+        binds.append((plan.source, False))
+    if _is_local(plan.output):
+        binds.append((plan.output, True))
+    if plan.credentials is not None:
+        binds.append((str(plan.credentials.parent), False))
+    seen: dict[str, bool] = {}
+    for path, writable in binds:
+        seen[path] = seen.get(path, False) or writable
+    return list(seen.items())
+
+
+def _launcher(plan: Plan, batch: Path) -> list[str]:
+    """Script lines that start bidsapp in the chosen runtime (already quoted)."""
+    q = shlex.quote
+    if plan.runtime == "none":
+        return [" ".join(q(word) for word in plan.bidsapp_cmd)]
+    binds = _binds(plan, batch)
+    if plan.runtime == "docker":
+        lines = ['docker run --rm --user "$(id -u):$(id -g)"']
+        lines += [f"--volume {q(f'{p}:{p}' + ('' if w else ':ro'))}" for p, w in binds]
+        return [*lines, f'--volume "$work:$work" {q(plan.image)}']  # ENTRYPOINT is bidsapp
+    lines = [f"{plan.runtime} exec --cleanenv"]
+    lines += [f"--bind {q(f'{p}:{p}' + ('' if w else ':ro'))}" for p, w in binds]
+    return [*lines, f'--bind "$work" {q(plan.image)} bidsapp']
+
+
+def _common(plan: Plan, rps: float) -> list[str]:
+    """Options of every call, one line each (as in the script)."""
+    lines = ['--work-dir "$work"', f"--drive-rps {rps:.6g}"]
+    if plan.credentials is not None:
+        lines.append(f"--credentials {shlex.quote(str(plan.credentials))}")
+    if plan.extra:
+        lines.append(" ".join(shlex.quote(arg) for arg in plan.extra))
+    return lines
+
+
+def _script(
+    plan: Plan, batch: Path, directives: list[str], scratch: str, call: list[str], what: str
+) -> str:
+    lines = [
+        "#!/bin/bash",
+        f"#SBATCH --job-name={plan.job_name}",
+        *directives,
+        f"#SBATCH --cpus-per-task={plan.cpus}",
+    ]
+    lines += [f"#SBATCH --partition={plan.partition}"] if plan.partition else []
+    lines += [f"#SBATCH --time={plan.time}"] if plan.time else []
+    lines += [f"#SBATCH --mem={plan.mem}"] if plan.mem else []
+    lines += [
+        f"#SBATCH --chdir={plan.chdir}",
+        f"# {what}.",
+        f"# Written by bidsapp {__version__} ('bidsapp slurm write'); do not edit.",
+        "set -euo pipefail",
+        "",
+        "# Node-local scratch: raw patient data never goes to a shared file system.",
+        f'work="${{SLURM_TMPDIR:-${{TMPDIR:-/tmp}}}}/{scratch}"',
+        'cleanup() { rm -rf "$work"; }',
+        "trap cleanup EXIT",
+        "# SIGTERM (preemption, time limit): bash waits for bidsapp, which stops cleanly (exit",
+        "# 75); then the EXIT trap still removes the scratch dir.",
+        "trap 'echo \"bidsapp: SIGTERM received; stopping cleanly\" >&2' TERM",
+        'mkdir -p "$work"',
+        'chmod 700 "$work"',
+        "",
+        " \\\n  ".join(call),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def participant_script(plan: Plan, batch: Path, tasks: int) -> str:
+    limit = max(1, min(plan.array_limit, tasks))
+    rps = per_task_rps(plan.drive_rps, plan.array_limit, tasks)
+    q = shlex.quote
+    call = [
+        *_launcher(plan, batch),
+        f"{q(plan.source)} {q(plan.output)} participant",
+        f"--subject-map {q(str(plan.subject_map))}",
+        f'--task-list {q(str(batch / "tasks.tsv"))} --task-index "$SLURM_ARRAY_TASK_ID"',
+        *_common(plan, rps),
+    ]
+    return _script(
+        plan,
+        batch,
+        [f"#SBATCH --array=1-{tasks}%{limit}", f"#SBATCH --output={batch}/logs/%A_%a.log"],
+        "bidsapp-${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}",
+        call,
+        f"Participant array: task i runs line i of tasks.tsv, at most {limit} at once",
+    )
+
+
+def group_script(plan: Plan, batch: Path) -> str:
+    q = shlex.quote
+    call = [
+        *_launcher(plan, batch),
+        f"{q(plan.source)} {q(plan.output)} group",
+        *_common(plan, plan.drive_rps),
+    ]
+    return _script(
+        plan,
+        batch,
+        [f"#SBATCH --output={batch}/logs/group-%j.log"],
+        "bidsapp-group-${SLURM_JOB_ID}",
+        call,
+        "Group job: submit with --dependency=afterany:<array job id>",
+    )
+
+
+def write_batch(plan: Plan, tasks: Sequence[Task]) -> Batch:
+    """A new batch folder holding the task list and both scripts."""
+    if not tasks:
+        raise UsageError("no tasks to write")
+    plan.slurm_dir.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name[6:]) for p in plan.slurm_dir.glob("batch-*") if p.name[6:].isdigit()]
+    number = max(taken, default=0) + 1
+    while True:
+        folder = plan.slurm_dir / f"batch-{number:03d}"
+        try:
+            folder.mkdir()
+            break
+        except FileExistsError:
+            number += 1  # another write at the same moment: take the next
+    (folder / "logs").mkdir()
+    write_tasks(folder / "tasks.tsv", tasks)
+    participant, group = folder / "participant.sbatch", folder / "group.sbatch"
+    participant.write_text(participant_script(plan, folder, len(tasks)))
+    group.write_text(group_script(plan, folder))
+    for script in (participant, group):
+        script.chmod(0o755)
+    return Batch(folder, tuple(tasks), participant, group)
+
+
+def _slurm_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise UsageError(
+            f"{name} is not on PATH: run this on the cluster's login node",
+            hint="or use 'bidsapp slurm write' and submit the scripts with sbatch yourself",
+        )
+    return path
+
+
+def sbatch(script: Path, *options: str, env: Mapping[str, str] | None = None) -> str:
+    """Submit a script with `sbatch --parsable`; returns the job id, or raises on any failure."""
+    try:
+        proc = subprocess.run(
+            [_slurm_tool("sbatch"), "--parsable", *options, str(script)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=dict(env) if env is not None else None,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise TemporaryFailure("sbatch did not answer within 120 s") from exc
+    answer = proc.stdout.strip()
+    if proc.returncode == 0 and re.fullmatch(r"\d+(;\S+)?", answer):
+        return answer.split(";")[0]
+    reason = (proc.stderr.strip().splitlines() or [answer or f"exit {proc.returncode}"])[-1]
+    if re.search(r"contact|timed out|try again|temporarily", reason, re.IGNORECASE):
+        raise TemporaryFailure(f"sbatch could not reach the scheduler: {reason}")
+    raise UsageError(
+        f"sbatch refused {script.name}: {reason}",
+        hint="check --partition, --time, --mem and --cpus against 'sinfo'",
+    )
+
+
+def submit(batch: Batch, env: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """The array, then the group job that runs after it whatever the tasks' outcome."""
+    array = sbatch(batch.participant, env=env)
+    try:
+        group = sbatch(batch.group, f"--dependency=afterany:{array}", env=env)
+    except (UsageError, TemporaryFailure) as exc:
+        exc.hint = (
+            f"the array {array} is queued; submit the group job yourself: sbatch "
+            f"--dependency=afterany:{array} {batch.group}"
+        )
+        raise
+    return array, group
+
+
+def queued_jobs(plan: Plan, env: Mapping[str, str] | None = None) -> list[str]:
+    """This OUTPUT's jobs still pending or running (squeue: no accounting database needed)."""
+    proc = subprocess.run(
+        [_slurm_tool("squeue"), "--noheader", "--format=%i", f"--name={plan.job_name}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(env) if env is not None else None,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise TemporaryFailure(f"squeue failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    return proc.stdout.split()
+
+
+def to_redo(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Status rows whose job is not done: failed, never ran, interrupted or incomplete."""
+    return [r for r in rows if not (r["published"] and r["state"] in ("published", "skipped"))]

@@ -1,0 +1,1 @@
+"""Naming series: header summaries, the classifier, overrides, and finishing converted sidecars."""

@@ -1,0 +1,414 @@
+"""The orchestrating function: stage → convert → de-identify → gate → publish, per subject.
+
+The stages never import each other; they meet here. Each job has its own work dir (0700), its
+own JSON log (redacted, published PHI-free) and its own status record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import secrets
+import shutil
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from loguru import logger
+
+from bidsapp import logs
+from bidsapp.errors import BidsAppError, GateFailed, LocalIOError
+from bidsapp.pipeline import preempt
+from bidsapp.pipeline.convert import Heuristic, convert, load_heuristic
+from bidsapp.pipeline.gate import GateReport, recheck, run_gate
+from bidsapp.pipeline.publish import Target, init_shared, publish, published_manifest, repair
+from bidsapp.pipeline.stage import StagedExam, stage
+from bidsapp.pipeline.status import StatusRecord
+from bidsapp.pipeline.subjects import Subject, from_folder_names, read_map, select, select_sessions
+from bidsapp.privacy.deid import deface, deidentify, deidentify_dicoms
+from bidsapp.privacy.phi import Identifiers
+from bidsapp.privacy.profiles import date_offset, dicom_seed, load_secret
+from bidsapp.report.subject import write_subject_report
+from bidsapp.settings import Settings
+from bidsapp.stores import Store, open_store
+from bidsapp.tools import versions
+
+T = TypeVar("T")
+
+
+@dataclass
+class JobResult:
+    """How one subject's job ended."""
+
+    job: str
+    state: str
+    exit_code: int
+    message: str = ""
+
+
+def new_run_id() -> str:
+    """Sortable and without '-', so it never collides with label-session tags."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + secrets.token_hex(3)
+
+
+def load_subjects(settings: Settings, source: Store) -> list[Subject]:
+    """The map's subjects, or folders already named as labels; narrowed to the labels asked for."""
+    subjects = read_map(settings.subject_map) if settings.subject_map else from_folder_names(source)
+    return select_sessions(select(subjects, settings.labels, "SOURCE"), settings.sessions)
+
+
+def fingerprint(source: Store, subject: Subject, heuristic: Heuristic) -> str:
+    """What the output depends on: the exam's listing, the labels and the heuristic."""
+    digest = hashlib.sha256()
+    for rel, entry in source.walk(subject.source):
+        digest.update(f"{rel}\0{entry.key}\n".encode())
+    digest.update(f"{subject.label}\0{subject.session}\0{heuristic.sha256}".encode())
+    return digest.hexdigest()
+
+
+def run_participant(settings: Settings) -> int:
+    """Every selected subject in map order; the exit code of the first failure, else 0."""
+    source = open_store(settings.source, settings=settings)
+    output = open_store(settings.output, for_output=not settings.dry_run, settings=settings)
+    heuristic = load_heuristic(settings.heuristic, settings.overrides)
+    subjects = load_subjects(settings, source)
+    if not settings.dry_run:
+        init_shared(output)
+    if settings.jobs > 1 and len(subjects) > 1 and not settings.dry_run:
+        from bidsapp.batch.fanout import run_many
+
+        results = run_many(settings, subjects)
+    else:
+        results = []
+        with preempt.sigterm_raises():
+            for subject in subjects:
+                results.append(run_job(settings, source, output, heuristic, subject))
+                if preempt.requested():
+                    break  # the scheduler wants the node back: the rest waits for a rerun
+    if len(results) > 1:
+        print_summary(results)
+    failed = [r for r in results if r.exit_code]
+    return failed[0].exit_code if failed else 0
+
+
+def print_summary(results: list[JobResult]) -> None:
+    """One line per job: state and exit code."""
+    width = max(len(r.job) for r in results)
+    lines = [
+        f"{'job':<{width}}  {'state':<10} exit",
+        *(f"{r.job:<{width}}  {r.state:<10} {r.exit_code}" for r in results),
+    ]
+    print("\n".join(lines), file=sys.stderr)
+
+
+def _make_work_dir(settings: Settings, subject: Subject, run_id: str) -> Path:
+    try:
+        settings.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        work = settings.work_dir / f"{subject.job_name}-{run_id}"
+        work.mkdir(mode=0o700)
+        work.chmod(0o700)  # mkdir's mode is filtered by the umask
+    except OSError as exc:
+        raise LocalIOError(
+            f"cannot create the work dir in {settings.work_dir}: {exc.strerror}"
+        ) from exc
+    return work
+
+
+def run_job(
+    settings: Settings, source: Store, output: Store, heuristic: Heuristic, subject: Subject
+) -> JobResult:
+    """One subject (or subject/session) from exam folder to published BIDS."""
+    return Job(settings, source, output, heuristic, subject).run()
+
+
+class Job:
+    """One participant job: its work dir, log, status record and the identifiers it learns."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        source: Store,
+        output: Store,
+        heuristic: Heuristic,
+        subject: Subject,
+    ) -> None:
+        self.settings, self.source, self.output = settings, source, output
+        self.heuristic, self.subject = heuristic, subject
+        self.run_id = new_run_id()
+        self.target = Target(subject.label, subject.session)
+        self.status = StatusRecord(subject.label, subject.session, self.run_id)
+        self.log = logs.bound(
+            subject.label + (f" ses-{subject.session}" if subject.session else "")
+        )
+        logs.redactor.reset()
+        self.ids = Identifiers.collect([], subject.exam_folder_name, subject.label)
+        logs.redactor.add_identifiers(self.ids)
+        self.work: Path | None = None
+
+    def run(self) -> JobResult:
+        """Run every step; failures become a JobResult, the work dir is cleaned up."""
+        name, settings = self.subject.job_name, self.settings
+        close_log = None
+        try:
+            self.work = _make_work_dir(settings, self.subject, self.run_id)
+            close_log = logs.add_json_log(self.work / "log.jsonl")
+            state = self._steps(self.work)
+            return JobResult(name, state, 0)
+        except BidsAppError as exc:
+            if preempt.requested() and not isinstance(exc, preempt.Preempted):
+                exc = preempt.Preempted(f"stopped by SIGTERM while it failed: {exc}")
+            message = logs.redactor(exc.one_line())
+            self.log.error(message)
+            self._failed(exc.exit_code, type(exc).__name__, retryable=exc.exit_code == 75)
+            return JobResult(name, "failed", exc.exit_code, message)
+        except Exception as exc:  # a bug: traceback to the log file, one line to the console
+            self.log.debug(logs.redactor(traceback.format_exc()))
+            if preempt.requested():  # a tool killed by the same SIGTERM, not a bug
+                message = preempt.Preempted("stopped by SIGTERM").one_line()
+                self.log.error(message)
+                self._failed(75, "Preempted", retryable=True)
+                return JobResult(name, "failed", 75, message)
+            message = logs.redactor(f"unexpected error: {type(exc).__name__}: {exc}")
+            self.log.error(message)
+            self._failed(1, type(exc).__name__, retryable=False)
+            return JobResult(name, "failed", 1, message)
+        finally:
+            if close_log is not None:
+                close_log()
+            if self.work is not None and not settings.keep_work:
+                shutil.rmtree(self.work, ignore_errors=True)
+            elif self.work is not None:
+                logger.info("work dir kept: {}", self.work)
+
+    def _steps(self, work: Path) -> str:
+        settings, subject, log, status = self.settings, self.subject, self.log, self.status
+        started = time.monotonic()
+        # An `id:<Drive id>` map row hides the exam folder's own name, an identifier all the same.
+        exam_name = self.source.folder_name(subject.source)
+        self.ids = self.ids.merge(Identifiers.collect([], exam_name, subject.label))
+        logs.redactor.add_identifiers(self.ids)
+        log.info(
+            "bidsapp job {} started",
+            subject.job_name,
+            argv=[logs.redactor(a) for a in settings.argv],
+            versions=versions(),
+            heuristic=self.heuristic.name,
+            heuristic_sha256=self.heuristic.sha256,
+            settings=settings.to_json(),
+        )
+        fingerprint_ = fingerprint(self.source, subject, self.heuristic)
+        if self._up_to_date(fingerprint_):
+            return "skipped"
+        if settings.dry_run:
+            log.info("dry run: would be converted and published")
+            return "dry-run"
+        status.save(self.output, "started")
+
+        staged = self._timed("stage", lambda: stage(self.source, subject.source, work))
+        self.ids = self.ids.merge(Identifiers.collect(staged.headers, exam_name, subject.label))
+        logs.redactor.add_identifiers(self.ids)
+        log.info(
+            "staged {} DICOM files in {} stud{} ({} skipped, {} corrupt, {} with dates repaired)",
+            staged.files,
+            len(staged.studies),
+            "y" if len(staged.studies) == 1 else "ies",
+            len(staged.skipped),
+            len(staged.corrupt),
+            staged.repaired_dates,
+        )
+        for source_name, reason in staged.skipped + staged.corrupt:
+            log.warning("not converted: {} ({})", source_name, reason)
+        status.save(self.output, "staged")
+
+        converted = self._timed("convert", lambda: convert(staged, subject, self.heuristic, work))
+        log.info("converted {} files", len(converted.files))
+        deid = self._timed("deidentify", lambda: self._deidentify(staged, converted.root, work))
+        status.save(self.output, "converted")
+
+        local = {
+            "data": converted.root / self.target.data,
+            "deriv": work / "derivatives" / self.target.data,
+        }
+        if (work / "sourcedata").is_dir():
+            local["source"] = work / "sourcedata" / self.target.data
+        local["deriv"].mkdir(parents=True)
+        if settings.participant_fields:
+            demo = {
+                k: v for k, v in staged.demographics.items() if k in settings.participant_fields
+            }
+            (local["deriv"] / "demographics.json").write_text(json.dumps(demo) + "\n")
+
+        report = GateReport(subject.label, subject.session, deid=deid)
+        report.converted_files = converted.files
+        report.series = [asdict(row) for row in converted.series]
+        report.skipped_files = [
+            {"file": self.ids.redact(name), "reason": reason}
+            for name, reason in staged.skipped + staged.corrupt
+        ]
+        self._timed("gate", lambda: self._gate(report, converted.root, work))
+        status.save(self.output, "gated")
+        (local["deriv"] / "log.jsonl").write_text(
+            _redacted_log(work / "log.jsonl", self.ids), encoding="utf-8"
+        )
+
+        manifest = {
+            "label": subject.label,
+            "session": subject.session,
+            "run_id": self.run_id,
+            "input_fingerprint": fingerprint_,
+            "heuristic": self.heuristic.name,
+            "heuristic_sha256": self.heuristic.sha256,
+            "versions": versions(),
+            "options": _options(settings),
+            "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        with self.output.lock(f"sub-{subject.label}"):
+            repair(self.output, self.target)
+            published = self._timed(
+                "publish", lambda: publish(self.output, self.target, local, manifest)
+            )
+        status.timings["total"] = round(time.monotonic() - started, 3)
+        status.exit_code = 0
+        status.save(self.output, "published")
+        log.info("published ({} files)", len(published["files"]))
+        return "published"
+
+    def _timed(self, step: str, action: Callable[[], T]) -> T:
+        t0 = time.monotonic()
+        result = action()
+        self.status.timings[step] = round(time.monotonic() - t0, 3)
+        return result
+
+    def _up_to_date(self, fingerprint_: str) -> bool:
+        """Repair what an interrupted run left, then ask the manifest whether work remains."""
+        if not self.settings.dry_run:
+            with self.output.lock(f"sub-{self.subject.label}"):
+                for action in repair(self.output, self.target):
+                    self.log.warning("repaired OUTPUT: {}", action)
+        manifest = published_manifest(self.output, self.target)
+        if not manifest or self.settings.force or not _same(manifest, fingerprint_, self.settings):
+            return False
+        self.log.info("published and up to date: nothing to do")
+        if not self.settings.dry_run:
+            self.status.exit_code = 0
+            self.status.save(self.output, "skipped")
+        return True
+
+    def _deidentify(self, staged: StagedExam, bids_root: Path, work: Path) -> dict[str, Any]:
+        """The de-identification profile over the converted tree (and sourcedata when asked)."""
+        settings, label = self.settings, self.subject.label
+        secret = load_secret(settings.date_secret) if settings.dates == "shift" else b""
+        offset = date_offset(label, secret) if secret else 0
+        report: dict[str, Any] = {"profile": "none"}
+        if settings.deid_profile != "none":
+            result = deidentify(
+                bids_root / f"sub-{label}",
+                self.ids,
+                profile_name=settings.deid_profile,
+                dates=settings.dates,
+                offset_days=offset,
+            )
+            if settings.deface_cmd:
+                result.defaced = deface(bids_root / f"sub-{label}", settings.deface_cmd)
+            report = result.to_json()
+        if settings.sourcedata:
+            dest = work / "sourcedata" / self.target.data
+            seed = dicom_seed(label, secret or load_secret(settings.date_secret))
+            report["sourcedata_files"] = sum(
+                deidentify_dicoms(
+                    study.folder,
+                    dest / f"study-{k}",
+                    offset_days=offset,
+                    dates=settings.dates,
+                    seed=seed,
+                    ids=self.ids,
+                )
+                for k, study in enumerate(staged.studies, start=1)
+            )
+        return report
+
+    def _gate(self, report: GateReport, bids_root: Path, work: Path) -> None:
+        """Validator, expectations and PHI scan; then the visual report, scanned in turn."""
+        deriv = work / "derivatives"
+        run_gate(
+            report,
+            bids_root=bids_root,
+            derivatives=deriv,
+            sourcedata=work / "sourcedata",
+            ids=self.ids,
+            expected=self.heuristic.expected,
+            work=work,
+        )
+        dest = deriv / self.target.data
+        if report.passed:
+            write_subject_report(
+                dest,
+                bids_dir=bids_root,
+                label=self.subject.label,
+                session=self.subject.session,
+                gate=json.loads(report.to_json(self.ids)),
+                heuristic=self.heuristic.name,
+                versions=versions(),
+                timings=dict(self.status.timings),
+            )
+            recheck(report, deriv, self.ids)
+        (dest / "gate.json").write_text(report.to_json(self.ids) + "\n")
+        if not report.passed:
+            where = _save_failure(self.output, self.subject, self.ids, report)
+            raise GateFailed(
+                f"failed its gate: {report.failure}; nothing was published",
+                report.exit_code,
+                hint=f"see {where}",
+            )
+
+    def _failed(self, code: int, error_class: str, *, retryable: bool) -> None:
+        status = self.status
+        status.exit_code, status.error_class, status.retryable = code, error_class, retryable
+        status.save(self.output, "failed")
+        if self.work is not None and not self.settings.dry_run:
+            _save_failed_log(self.output, self.subject, self.work, self.ids)
+
+
+def _same(manifest: dict[str, Any], fp: str, settings: Settings) -> bool:
+    return (
+        manifest.get("input_fingerprint") == fp
+        and manifest.get("versions") == versions()
+        and manifest.get("options") == _options(settings)
+    )
+
+
+def _options(settings: Settings) -> dict[str, Any]:
+    """The settings that change what a job publishes."""
+    return {
+        "participant_fields": sorted(settings.participant_fields),
+        "deid_profile": settings.deid_profile,
+        "dates": settings.dates,
+        "sourcedata": settings.sourcedata,
+        "deface_cmd": bool(settings.deface_cmd),
+    }
+
+
+def _redacted_log(src: Path, ids: Identifiers) -> str:
+    """The job's log so far, redacted again with every identifier now known."""
+    lines = src.read_text(encoding="utf-8").splitlines() if src.exists() else []
+    return "".join(ids.redact(line) + "\n" for line in lines)
+
+
+def _save_failure(output: Store, subject: Subject, ids: Identifiers, report: GateReport) -> str:
+    """Keep the failed GateReport in OUTPUT/.bidsapp/failed/ (never in the dataset)."""
+    path = f".bidsapp/failed/{subject.job_name}/gate.json"
+    output.write_bytes(path, (report.to_json(ids) + "\n").encode())
+    return f"{output.describe()}/{path}"
+
+
+def _save_failed_log(output: Store, subject: Subject, work: Path, ids: Identifiers) -> None:
+    """The failed job's redacted log beside its GateReport, best effort."""
+    with contextlib.suppress(BidsAppError, OSError):
+        text = _redacted_log(work / "log.jsonl", ids)
+        output.write_bytes(f".bidsapp/failed/{subject.job_name}/log.jsonl", text.encode())

@@ -1,0 +1,80 @@
+"""Status records: one small JSON per job in OUTPUT/.bidsapp/status/, the last state it reached."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bidsapp.errors import BidsAppError
+from bidsapp.pipeline.publish import Target, published_manifest
+from bidsapp.stores import Store
+
+STATES = ("started", "staged", "converted", "gated", "published", "skipped", "failed")
+
+
+@dataclass
+class StatusRecord:
+    """What `bidsapp status` reads; written at every state change, best effort."""
+
+    label: str
+    session: str
+    run_id: str
+    state: str = "started"
+    exit_code: int | None = None
+    error_class: str = ""
+    retryable: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+    updated: float = 0.0
+
+    @property
+    def path(self) -> str:
+        name = f"sub-{self.label}" + (f"_ses-{self.session}" if self.session else "")
+        return f".bidsapp/status/{name}.json"
+
+    def save(self, store: Store, state: str | None = None) -> None:
+        """Record a state; a status that cannot be written never fails the job by itself."""
+        if state is not None:
+            self.state = state
+        self.updated = time.time()
+        with contextlib.suppress(BidsAppError, OSError):
+            store.write_bytes(self.path, json.dumps(asdict(self), indent=2).encode() + b"\n")
+
+
+def read_all(store: Store) -> list[dict[str, Any]]:
+    """Every status record in OUTPUT."""
+    if not store.exists(".bidsapp/status"):
+        return []
+    records = []
+    for entry in store.list(".bidsapp/status"):
+        if entry.name.endswith(".json"):
+            try:
+                records.append(json.loads(store.read_bytes(f".bidsapp/status/{entry.name}")))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+    return records
+
+
+def job_states(store: Store, expected: list[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
+    """Every job's last state, sorted by label and session.
+
+    `published` is true only when the job's manifest is present and matches its files. With
+    `expected` (label, session) pairs (from a subject map), jobs that never ran are 'missing'.
+    """
+    records = {(r["label"], r["session"]): r for r in read_all(store)}
+    rows = []
+    for key in sorted(set(records) | set(expected or ())):
+        record = records.get(key)
+        complete = published_manifest(store, Target(*key)) is not None
+        if record is None:
+            record = {"label": key[0], "session": key[1], "run_id": "", "exit_code": None}
+            record |= {"error_class": "", "retryable": False, "timings": {}, "updated": 0.0}
+            state = "published" if complete else "missing"
+        else:
+            state = record["state"]
+            if state in ("published", "skipped") and not complete:
+                state = "incomplete"
+        rows.append({**record, "state": state, "published": complete})
+    return rows

@@ -1,0 +1,1 @@
+"""Patient data: identifiers found and redacted, de-identification profiles, the PHI scan."""

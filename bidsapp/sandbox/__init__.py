@@ -1,0 +1,1 @@
+"""No Google account, no patients: a Drive v3 emulator, synthetic exams, and the demo."""
