@@ -21,11 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from bidsapp_sandbox.emulator import Emulator
 from googleapiclient.discovery import build_from_document
 from googleapiclient.http import MediaIoBaseUpload
 
 from bidsapp.pipeline.publish import init_shared
-from bidsapp.sandbox.emulator import Emulator
 from bidsapp.stores.drive import open_drive
 from bidsapp.stores.drive_api import _discovery
 from bidsapp.stores.pacer import TokenBucket

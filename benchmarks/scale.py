@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bidsapp.sandbox.exams import Series, write_session
+from bidsapp_sandbox.exams import Series, write_session
 
 BIDSAPP = [sys.executable, "-m", "bidsapp.cli"]
 T1 = (Series("anat-T1w", "t1w"),)
@@ -104,7 +104,7 @@ def array_rates(tmp: Path, env: dict[str, str], budget: float = 10.0) -> None:
 
 
 def drive_quota(tmp: Path, jobs: int, env: dict[str, str]) -> None:
-    from bidsapp.sandbox.emulator import Emulator
+    from bidsapp_sandbox.emulator import Emulator
 
     budget, quota = 2.0 * jobs, (5, 1.0)
     print(

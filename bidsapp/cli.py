@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import traceback
@@ -80,7 +79,8 @@ def _fields(text: str) -> tuple[str, ...]:
 
 def _epilog() -> str:
     codes = "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODES.items())
-    return f"exit codes:\n{codes}\n\nhelper commands: bidsapp {{{','.join(COMMANDS)}}} --help"
+    helpers = ",".join([*COMMANDS, *SANDBOX_COMMANDS])
+    return f"exit codes:\n{codes}\n\nhelper commands: bidsapp {{{helpers}}} --help"
 
 
 def bids_app_parser() -> Parser:
@@ -209,8 +209,8 @@ def bids_app_parser() -> Parser:
 
 
 def run_bids_app(argv: Sequence[str]) -> int:
+    from bidsapp.batch.run import run_participant_level
     from bidsapp.pipeline.group import run_group
-    from bidsapp.pipeline.participant import run_participant
 
     args = bids_app_parser().parse_args(argv)
     if args.analysis_level not in LEVELS:
@@ -263,12 +263,19 @@ def run_bids_app(argv: Sequence[str]) -> int:
     )
     if settings.level == "group":
         return run_group(settings)
-    return run_participant(settings)
+    return run_participant_level(settings)
+
+
+def _credentials_settings(source: str, output: str, credentials: Path | None) -> Settings | None:
+    """Settings for a helper command that only opens a store (None: the defaults serve)."""
+    if credentials is None:
+        return None
+    return Settings(source=source, output=output, level="", credentials=credentials)
 
 
 def cmd_subjects(argv: Sequence[str]) -> int:
     """List the exam folders of SOURCE and write or extend the subject map."""
-    from bidsapp.pipeline.subjects import extend_map, read_map, write_map
+    from bidsapp.pipeline.subjects import update_map
     from bidsapp.stores import open_store
 
     parser = Parser(prog="bidsapp subjects", description=cmd_subjects.__doc__)
@@ -276,29 +283,13 @@ def cmd_subjects(argv: Sequence[str]) -> int:
     parser.add_argument("--subject-map", type=Path, required=True, metavar="TSV")
     parser.add_argument("--credentials", type=_file, metavar="JSON", help="Google credentials")
     args = parser.parse_args(argv)
-    creds = args.credentials
-    store = open_store(
-        args.source, settings=Settings(args.source, "", "", credentials=creds) if creds else None
-    )
-    existing = read_map(args.subject_map) if args.subject_map.exists() else []
-    subjects, added = extend_map(existing, store)
-    write_map(args.subject_map, subjects)
-    # The map's source column is PHI: report labels only.
-    labels = ", ".join(f"sub-{s.label}" for s in subjects) or "none"
-    print(f"{args.subject_map}: {len(subjects)} exam folders ({added} new): {labels}")
-    by_id = [s for s in subjects[len(existing) :] if s.source.startswith("id:")]
-    if by_id:
-        print(
-            f"{len(by_id)} exam folders share their names with others and are mapped by Drive "
-            f"id: {', '.join(f'sub-{s.label}' for s in by_id)}"
-        )
-    return 0
+    settings = _credentials_settings(args.source, "", args.credentials)
+    return update_map(open_store(args.source, settings=settings), args.subject_map)
 
 
 def cmd_status(argv: Sequence[str]) -> int:
     """Print every job's last state from OUTPUT/.bidsapp/status (with a map: never-run ones too)."""
-    from bidsapp.pipeline.status import job_states
-    from bidsapp.pipeline.subjects import read_map
+    from bidsapp.pipeline.status import print_status
     from bidsapp.stores import open_store
 
     parser = Parser(prog="bidsapp status", description=cmd_status.__doc__)
@@ -309,22 +300,9 @@ def cmd_status(argv: Sequence[str]) -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--credentials", type=_file, metavar="JSON", help="for a Drive OUTPUT")
     args = parser.parse_args(argv)
-    expected = (
-        [(s.label, s.session) for s in read_map(args.subject_map)] if args.subject_map else None
-    )
-    settings = Settings(source="", output=args.output, level="status")
-    if args.credentials is not None:
-        settings = replace(settings, credentials=args.credentials)
-    rows = job_states(open_store(args.output, settings=settings), expected)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        for r in rows:
-            ses = f"ses-{r['session']}" if r["session"] else "-"
-            code = "-" if r["exit_code"] is None else r["exit_code"]
-            error = r["error_class"] + (" (retryable)" if r["retryable"] else "")
-            print(f"sub-{r['label']}\t{ses}\t{r['state']}\t{code}\t{error}")
-    return 0
+    settings = _credentials_settings("", args.output, args.credentials)
+    store = open_store(args.output, settings=settings)
+    return print_status(store, args.subject_map, as_json=args.json)
 
 
 # Settings the scripts give every task themselves (by dest): options after '--' may not change
@@ -349,11 +327,6 @@ def cmd_slurm(argv: Sequence[str]) -> int:
     Options after `--` go to every bidsapp call in the scripts (e.g. -- --heuristic reproin).
     """
     from bidsapp.batch import slurm
-    from bidsapp.pipeline.publish import init_shared
-    from bidsapp.pipeline.status import job_states
-    from bidsapp.pipeline.subjects import read_map
-    from bidsapp.privacy.profiles import load_secret
-    from bidsapp.stores import open_store
 
     args_in = list(argv)
     extra = args_in[args_in.index("--") + 1 :] if "--" in args_in else []
@@ -400,10 +373,7 @@ def cmd_slurm(argv: Sequence[str]) -> int:
             flag = next(a.option_strings[0] for a in app._actions if a.dest == dest)
             raise UsageError(f"{flag} is set by the scripts; it cannot follow '--'")
     subject_map = args.subject_map.absolute()
-    tasks = slurm.tasks_for(read_map(subject_map))
-    secret = date_secret(passed.date_secret, subject_map)
-    if passed.dates == "shift" and secret is not None:  # made here, not raced for by the tasks
-        load_secret(secret)
+    secret = date_secret(passed.date_secret, subject_map) if passed.dates == "shift" else None
 
     def where(location: str) -> str:
         return location if is_remote(location) else str(Path(location).absolute())
@@ -430,47 +400,7 @@ def cmd_slurm(argv: Sequence[str]) -> int:
     )
     if args.bidsapp_cmd:
         plan = replace(plan, bidsapp_cmd=tuple(shlex.split(args.bidsapp_cmd)))
-    if args.action == "resubmit":
-        queued = slurm.queued_jobs(plan)
-        if queued:
-            raise UsageError(
-                f"{len(queued)} jobs for this OUTPUT are still queued or running",
-                hint=f"wait for them (squeue --name={plan.job_name}) or scancel them first",
-            )
-    settings = Settings(
-        source=plan.source,
-        output=plan.output,
-        level="group",
-        drive_rps=plan.drive_rps,
-        credentials=plan.credentials,
-    )
-    store = open_store(plan.output, for_output=True, settings=settings)
-    init_shared(store)  # `group --init`: shared folders exist before the tasks fan out
-    if args.action == "resubmit":
-        rows = slurm.to_redo(job_states(store, [(t.label, t.session) for t in tasks]))
-        for row in rows:
-            code = "" if row["exit_code"] is None else f", exit {row['exit_code']}"
-            retry = ", retryable" if row["retryable"] else ""
-            name = slurm.Task(row["label"], row["session"]).job_name
-            print(f"{name}: {row['state']}{code}{retry}")
-        if not rows:
-            print("nothing to resubmit: every task is published")
-            return 0
-        tasks = [slurm.Task(r["label"], r["session"]) for r in rows]
-    batch = slurm.write_batch(plan, tasks)
-    limit = min(plan.array_limit, len(tasks))
-    rate = slurm.per_task_rps(plan.drive_rps, plan.array_limit, len(tasks))
-    print(
-        f"{batch.folder}: {len(tasks)} tasks, at most {limit} at once, "
-        f"{rate:.3g} Drive requests/s each"
-    )
-    if args.action == "write":
-        print(f"submit: jid=$(sbatch --parsable {shlex.quote(str(batch.participant))})")
-        print(f"        sbatch --dependency=afterany:$jid {shlex.quote(str(batch.group))}")
-        return 0
-    array, group = slurm.submit(batch)
-    print(f"array job {array}\ngroup job {group} (after the array)")
-    return 0
+    return slurm.run_action(args.action, plan, date_secret=secret)
 
 
 def cmd_auth(argv: Sequence[str]) -> int:
@@ -505,69 +435,34 @@ def cmd_auth(argv: Sequence[str]) -> int:
         )
         print(f"signed in; token saved to {token} (readable by you only)")
         return 0
-    from bidsapp.stores.drive_api import DriveClient, drive_url
-    from bidsapp.stores.pacer import Backoff, Pacer
+    from bidsapp.stores.drive import whoami
 
-    identity = drive_auth.load_identity(args.credentials, write=False)
-    client = DriveClient(identity, Pacer(5, backoff=Backoff(0.5, 4, 3)), url=drive_url())
-    client.email()
-    print(identity.describe())
+    print(whoami(args.credentials))
     return 0
-
-
-def cmd_demo(argv: Sequence[str]) -> int:
-    """Synthetic exams through the whole flow on a built-in Drive emulator (no Google account)."""
-    from bidsapp.sandbox.demo import run_demo
-
-    parser = Parser(prog="bidsapp demo", description=cmd_demo.__doc__)
-    parser.add_argument("--dir", type=Path, default=Path("bidsapp-demo"), help="where to put it")
-    parser.add_argument(
-        "--local", action="store_true", help="local folders instead of the built-in Drive emulator"
-    )
-    args = parser.parse_args(argv)
-    return run_demo(args.dir, local=args.local)
-
-
-def cmd_emulator(argv: Sequence[str]) -> int:
-    """Run the Drive v3 emulator in the foreground (for the demo and manual tests)."""
-    from bidsapp.sandbox.emulator.foreground import run_foreground
-
-    parser = Parser(prog="bidsapp emulator", description=cmd_emulator.__doc__)
-    parser.add_argument("--port", type=int, default=0, help="TCP port (default: any free one)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument(
-        "--state", type=Path, metavar="DIR", help="keep files and identities here across restarts"
-    )
-    parser.add_argument("--latency", type=float, default=0.0, metavar="S", help="per request")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the fault schedule")
-    parser.add_argument("--bandwidth", type=float, metavar="B", help="bytes/s per response")
-    parser.add_argument(
-        "--service-account",
-        default="bidsapp@bidsapp-emulator.iam.gserviceaccount.com",
-        metavar="EMAIL",
-        help="identity of the service-account key file written at start",
-    )
-    parser.add_argument("--shared-drive", metavar="NAME", help="also create this shared drive")
-    parser.add_argument("--user", metavar="EMAIL", help="also write a user token for EMAIL")
-    args = parser.parse_args(argv)
-    return run_foreground(
-        port=args.port,
-        host=args.host,
-        state_dir=args.state,
-        latency=args.latency,
-        seed=args.seed,
-        bandwidth=args.bandwidth,
-        service_account=args.service_account,
-        shared_drive=args.shared_drive,
-        user=args.user,
-    )
 
 
 def cmd_inspect(argv: Sequence[str]) -> int:
     """Print each series of one exam and the BIDS name it gets, or why it is skipped."""
     from bidsapp.pipeline.inspection import run_inspect
 
-    return run_inspect(argv)
+    parser = Parser(prog="bidsapp inspect", description=cmd_inspect.__doc__)
+    parser.add_argument("source", help="folder holding the exam folders")
+    parser.add_argument("--participant-label", "--participant_label", required=True, type=_label)
+    parser.add_argument("--subject-map", type=Path, metavar="TSV")
+    parser.add_argument("--heuristic", default=env("HEURISTIC", DEFAULT_HEURISTIC))
+    parser.add_argument("--overrides", type=Path, metavar="FILE")
+    parser.add_argument("--format", choices=("table", "tsv", "json"), default="table")
+    parser.add_argument("-w", "--work-dir", type=Path, help="where the exam is staged (0700)")
+    args = parser.parse_args(argv)
+    return run_inspect(
+        args.source,
+        args.participant_label,
+        subject_map=args.subject_map,
+        heuristic_spec=args.heuristic,
+        overrides=args.overrides,
+        fmt=args.format,
+        work_dir=args.work_dir,
+    )
 
 
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
@@ -575,10 +470,23 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "inspect": cmd_inspect,
     "status": cmd_status,
     "slurm": cmd_slurm,
-    "demo": cmd_demo,
-    "emulator": cmd_emulator,
     "auth": cmd_auth,
 }
+# Helper commands of the sandbox distribution (sandbox/): found by entry point when installed.
+SANDBOX_COMMANDS = ("demo", "emulator")
+
+
+def sandbox_command(name: str) -> Callable[[Sequence[str]], int]:
+    """The sandbox's command `name`, or a usage error saying how to install the sandbox."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group="bidsapp.commands", name=name):
+        command: Callable[[Sequence[str]], int] = entry.load()
+        return command
+    raise UsageError(
+        f"'bidsapp {name}' comes with bidsapp's sandbox, which is not installed",
+        hint="in a bidsapp checkout: pip install ./sandbox",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -588,6 +496,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args and args[0] in COMMANDS:
             return COMMANDS[args[0]](args[1:])
+        if args and args[0] in SANDBOX_COMMANDS:
+            return sandbox_command(args[0])(args[1:])
         return run_bids_app(args)
     except BidsAppError as exc:
         logger.error(logs.redactor(exc.one_line()))

@@ -6,14 +6,20 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from loguru import logger
 
 if TYPE_CHECKING:
     from loguru import Record
 
-    from bidsapp.privacy.phi import Identifiers
+
+class Redacts(Protocol):
+    """What the redactor needs of an identifier set (bidsapp.privacy.phi.Identifiers)."""
+
+    def merge(self, other: Any) -> Any: ...
+
+    def redact(self, text: str) -> str: ...
 
 
 class Redactor:
@@ -25,13 +31,13 @@ class Redactor:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._ids: Identifiers | None = None
+        self._ids: Redacts | None = None
 
     def reset(self) -> None:
         with self._lock:
             self._ids = None
 
-    def add_identifiers(self, ids: Identifiers) -> None:
+    def add_identifiers(self, ids: Redacts) -> None:
         with self._lock:
             self._ids = ids if self._ids is None else self._ids.merge(ids)
 

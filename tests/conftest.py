@@ -13,8 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
-
-from bidsapp.sandbox.exams import Patient, Series, write_session
+from bidsapp_sandbox.exams import Patient, Series, write_session
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DICOM = Path(os.environ.get("BIDSAPP_SHARED_DICOM", REPO.parent / "shared" / "dicom"))

@@ -18,11 +18,10 @@ from pathlib import Path
 import nibabel as nib
 import pydicom
 import pytest
+from bidsapp_sandbox.exams import Patient, write_session
 from conftest import T1_ONLY, MakeExam, RunCli, error_lines, need, published_files
 from pydicom import config
 from pydicom.dataset import Dataset, FileMetaDataset
-
-from bidsapp.sandbox.exams import Patient, write_session
 
 FOLDER = "Zyxwvut Qqqq"  # an exam folder named after the patient, as exports often are
 PATIENT = Patient(

@@ -33,8 +33,8 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+from bidsapp_sandbox.emulator import Emulator
 
-from bidsapp.sandbox.emulator import Emulator
 from tests.conftest import REPO, SHARED_DICOM, need
 
 pytestmark = pytest.mark.container

@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from bidsapp_sandbox.exams import EXAMS, write_session
 from nipype.interfaces.dcm2nii import Dcm2niix
 
 from bidsapp.heuristic.dcm2niix_shim import SHIM_DIR, environment, mend
-from bidsapp.sandbox.exams import EXAMS, write_session
 
 DCM2NIIX = str(Path(sys.executable).parent / "dcm2niix")
 WARNING = b"Warning: Unable to distinguish Philips fieldmaps: phase difference, two phase/magnitude, direct fieldmapping."  # noqa: E501

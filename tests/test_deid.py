@@ -16,6 +16,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from bidsapp_sandbox.exams import Patient, Series, write_session
 
 from bidsapp.errors import BadInputData, UsageError
 from bidsapp.privacy.deid import (
@@ -31,7 +32,6 @@ from bidsapp.privacy.deid import (
 )
 from bidsapp.privacy.phi import Identifiers, scan_tree
 from bidsapp.privacy.profiles import REMOVE, rule_for
-from bidsapp.sandbox.exams import Patient, Series, write_session
 
 NAME = "Gonçalves^João"
 HEADER = {

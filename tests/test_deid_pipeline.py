@@ -7,10 +7,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from bidsapp_sandbox.exams import Patient, Series
 
 from bidsapp.privacy.phi import Identifiers, scan_tree
 from bidsapp.privacy.profiles import date_offset, load_secret, profile
-from bidsapp.sandbox.exams import Patient, Series
 from tests.conftest import MakeExam, RunCli, published_files
 
 pytestmark = pytest.mark.slow

@@ -19,8 +19,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-
-from bidsapp.sandbox.emulator import Emulator
+from bidsapp_sandbox.emulator import Emulator
 
 LAB = "lab@example.org"
 FOLLOW = """
@@ -132,3 +131,30 @@ def test_login_with_the_local_redirect(emu: Emulator, tmp_path: Path) -> None:
     who = bidsapp("auth", "whoami", env=env)
     out, err = who.communicate(timeout=60)
     assert who.returncode == 0 and LAB in out, out + err
+
+
+def test_login_refuses_a_plain_http_token_endpoint_off_this_machine(tmp_path: Path) -> None:
+    # An emulator (or anything) at a non-loopback http address must not switch off oauthlib's
+    # https check: the refresh token would cross the network unencrypted.
+    remote = "http://192.0.2.10:8080"  # TEST-NET-1: never routed
+    client = tmp_path / "client.json"
+    client.write_text(
+        json.dumps(
+            {
+                "installed": {
+                    "client_id": "x.apps.googleusercontent.com",
+                    "client_secret": "not-a-secret",
+                    "auth_uri": f"{remote}/o/oauth2/auth",
+                    "token_uri": f"{remote}/token",
+                    "redirect_uris": ["http://localhost"],
+                }
+            }
+        )
+    )
+    env = {**os.environ, "BIDSAPP_DRIVE_URL": remote, "BIDSAPP_DRIVE_TOKEN": str(tmp_path / "t")}
+    login = bidsapp("auth", "login", "--client-secrets", client, "--no-browser", env=env)
+    out, err = login.communicate("", timeout=60)
+    assert login.returncode == 64, out + err
+    assert "is not https" in err and "Traceback" not in err
+    assert "/o/oauth2/auth?" not in out  # refused before any consent URL is shown
+    assert not (tmp_path / "t").exists()

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from bidsapp_sandbox.emulator import Emulator, Fault
+from bidsapp_sandbox.exams import Patient, Series, write_session
 from loguru import logger
 
 from bidsapp.errors import (
@@ -26,8 +28,6 @@ from bidsapp.errors import (
 )
 from bidsapp.pipeline.publish import Target, init_shared, publish, published_manifest, repair
 from bidsapp.pipeline.stage import stage
-from bidsapp.sandbox.emulator import Emulator, Fault
-from bidsapp.sandbox.exams import Patient, Series, write_session
 from bidsapp.stores import open_store
 from bidsapp.stores.drive import DriveStore, escape
 

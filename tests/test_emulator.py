@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import google_auth_httplib2
 import httplib2
 import pytest
+from bidsapp_sandbox.emulator import Emulator, Fault
 from google.auth.exceptions import RefreshError
 from google.oauth2 import credentials as user_credentials
 from google.oauth2 import service_account
@@ -31,8 +32,6 @@ from googleapiclient.discovery import build_from_document
 from googleapiclient.discovery_cache import get_static_doc
 from googleapiclient.errors import HttpError
 from googleapiclient.http import MediaIoBaseDownload, MediaIoBaseUpload, build_http
-
-from bidsapp.sandbox.emulator import Emulator, Fault
 
 SCOPES = ["https://www.googleapis.com/auth/drive"]
 FOLDER = "application/vnd.google-apps.folder"

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from bidsapp_sandbox.exams import DEFAULT_SERIES, Patient, Series
 
-from bidsapp.sandbox.exams import DEFAULT_SERIES, Patient, Series
 from tests.conftest import MakeExam, RunCli
 
 PATIENT = Patient(name="Quaresma^Benedita", patient_id="PX20931", birth_date="19770203")

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from bidsapp_sandbox.emulator import Emulator, Fault
+from bidsapp_sandbox.exams import Series
 
 from bidsapp.privacy.phi import Identifiers, scan_tree
-from bidsapp.sandbox.emulator import Emulator, Fault
-from bidsapp.sandbox.exams import Series
 from tests.conftest import MakeExam, RunCli, error_lines
 
 pytestmark = pytest.mark.slow

@@ -12,10 +12,10 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from bidsapp_sandbox.exams import Patient, Series
 
 from bidsapp.pipeline.gate import validate
 from bidsapp.pipeline.publish import FAULT_POINTS
-from bidsapp.sandbox.exams import Patient, Series
 from tests.conftest import MakeExam, RunCli, need, published_files
 
 pytestmark = pytest.mark.slow

@@ -20,11 +20,11 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pytest
+from bidsapp_sandbox.exams import write_session
 from PIL import Image
 
 from bidsapp.report.index import index_entry, render_index, series_kind
 from bidsapp.report.subject import Panel, dwi_shells, render_slices, write_subject_report
-from bidsapp.sandbox.exams import write_session
 
 DCM2NIIX = Path(sys.executable).parent / "dcm2niix"
 EVIL = '<script>alert("x")</script> T1 & "more"'

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from bidsapp_sandbox.emulator import Emulator
+from bidsapp_sandbox.exams import Series, write_session
 
 from bidsapp.batch.slurm import RUNTIMES
-from bidsapp.sandbox.emulator import Emulator
-from bidsapp.sandbox.exams import Series, write_session
 from tests.conftest import RunCli, need
 from tests.slurm_cluster import SlurmCluster, missing
 

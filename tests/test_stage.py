@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from bidsapp_sandbox.exams import Patient, Series, write_session
 from pydicom import config
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MediaStorageDirectoryStorage, generate_uid
 
 from bidsapp.errors import BadInputData
 from bidsapp.pipeline.stage import StagedExam, stage
-from bidsapp.sandbox.exams import Patient, Series, write_session
 from bidsapp.stores.local import LocalStore
 
 LOCALIZER = (Series("localizer", "localizer"),)  # three small slices: the fastest real session

@@ -14,9 +14,9 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from bidsapp_sandbox.exams import DEFAULT_SERIES, Patient, Series, write_session
 from pydicom import config
 
-from bidsapp.sandbox.exams import DEFAULT_SERIES, Patient, Series, write_session
 from tests.conftest import need
 
 

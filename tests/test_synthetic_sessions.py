@@ -1,6 +1,6 @@
 """Exams the shared real data lacks, in three vendors' vocabularies, end to end.
 
-`bidsapp.sandbox.exams.EXAMS` writes them with pydicom as the scanners do (series names, image
+`bidsapp_sandbox.exams.EXAMS` writes them with pydicom as the scanners do (series names, image
 types, sequence vocabulary, phase-encoding polarity in the vendor's private tags); conversion is
 real: `participant` + `group` + `inspect` through the CLI (heudiconv, dcm2niix, the validator).
 The expected names follow from what each series is, not from the code's output:
@@ -25,10 +25,10 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from bidsapp_sandbox.exams import EXAMS, Patient, Series, write_session
 
 from bidsapp.heuristic.headers import summarize
 from bidsapp.privacy.phi import Identifiers, scan_tree
-from bidsapp.sandbox.exams import EXAMS, Patient, Series, write_session
 from tests.conftest import published_files, run_bidsapp
 
 S = "sub-01"

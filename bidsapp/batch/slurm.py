@@ -22,8 +22,12 @@ from typing import Any
 
 from bidsapp import __version__
 from bidsapp.errors import TemporaryFailure, UsageError
-from bidsapp.pipeline.subjects import Subject, clean_label
-from bidsapp.stores import is_remote
+from bidsapp.pipeline.publish import init_shared
+from bidsapp.pipeline.status import job_states
+from bidsapp.pipeline.subjects import Subject, clean_label, read_map
+from bidsapp.privacy.profiles import load_secret
+from bidsapp.settings import Settings
+from bidsapp.stores import is_remote, open_store
 
 RUNTIMES = ("none", "apptainer", "singularity", "docker")
 TASKS_HEADER = ("participant", "session")
@@ -324,3 +328,51 @@ def queued_jobs(plan: Plan, env: Mapping[str, str] | None = None) -> list[str]:
 def to_redo(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """Status rows whose job is not done: failed, never ran, interrupted or incomplete."""
     return [r for r in rows if not (r["published"] and r["state"] in ("published", "skipped"))]
+
+
+def run_action(action: str, plan: Plan, *, date_secret: Path | None) -> int:
+    """`bidsapp slurm write|submit|resubmit`: a new batch from the map (resubmit: only the jobs
+    that are not published), written and, unless `write`, submitted with its group job."""
+    tasks = tasks_for(read_map(plan.subject_map))
+    if date_secret is not None:  # made here, not raced for by the tasks
+        load_secret(date_secret)
+    if action == "resubmit":
+        queued = queued_jobs(plan)
+        if queued:
+            raise UsageError(
+                f"{len(queued)} jobs for this OUTPUT are still queued or running",
+                hint=f"wait for them (squeue --name={plan.job_name}) or scancel them first",
+            )
+    settings = Settings(
+        source=plan.source,
+        output=plan.output,
+        level="group",
+        drive_rps=plan.drive_rps,
+        credentials=plan.credentials,
+    )
+    store = open_store(plan.output, for_output=True, settings=settings)
+    init_shared(store)  # `group --init`: shared folders exist before the tasks fan out
+    if action == "resubmit":
+        rows = to_redo(job_states(store, [(t.label, t.session) for t in tasks]))
+        for row in rows:
+            code = "" if row["exit_code"] is None else f", exit {row['exit_code']}"
+            retry = ", retryable" if row["retryable"] else ""
+            print(f"{Task(row['label'], row['session']).job_name}: {row['state']}{code}{retry}")
+        if not rows:
+            print("nothing to resubmit: every task is published")
+            return 0
+        tasks = [Task(r["label"], r["session"]) for r in rows]
+    batch = write_batch(plan, tasks)
+    limit = min(plan.array_limit, len(tasks))
+    rate = per_task_rps(plan.drive_rps, plan.array_limit, len(tasks))
+    print(
+        f"{batch.folder}: {len(tasks)} tasks, at most {limit} at once, "
+        f"{rate:.3g} Drive requests/s each"
+    )
+    if action == "write":
+        print(f"submit: jid=$(sbatch --parsable {shlex.quote(str(batch.participant))})")
+        print(f"        sbatch --dependency=afterany:$jid {shlex.quote(str(batch.group))}")
+        return 0
+    array, group = submit(batch)
+    print(f"array job {array}\ngroup job {group} (after the array)")
+    return 0

@@ -7,50 +7,41 @@ table holds no patient data.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
 import shutil
 import tempfile
-from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 from bidsapp.errors import LocalIOError
 from bidsapp.pipeline.convert import SeriesRow, load_heuristic, survey
 from bidsapp.pipeline.stage import stage
-from bidsapp.pipeline.subjects import clean_label, from_folder_names, read_map, select
+from bidsapp.pipeline.subjects import from_folder_names, read_map, select
 from bidsapp.privacy.phi import Identifiers
-from bidsapp.settings import DEFAULT_HEURISTIC, env
 from bidsapp.stores import open_store
 
 COLUMNS = ("session", "series", "description", "image_type", "dims", "tr", "te", "files", "bids")
 
 
-def parser() -> argparse.ArgumentParser:
-    from bidsapp.cli import Parser
-
-    p = Parser(prog="bidsapp inspect", description=run_inspect.__doc__)
-    p.add_argument("source", help="folder holding the exam folders")
-    p.add_argument("--participant-label", "--participant_label", required=True, type=clean_label)
-    p.add_argument("--subject-map", type=Path, metavar="TSV")
-    p.add_argument("--heuristic", default=env("HEURISTIC", DEFAULT_HEURISTIC))
-    p.add_argument("--overrides", type=Path, metavar="FILE")
-    p.add_argument("--format", choices=("table", "tsv", "json"), default="table")
-    p.add_argument("-w", "--work-dir", type=Path, help="where the exam is staged (0700)")
-    return p
-
-
-def run_inspect(argv: Sequence[str]) -> int:
+def run_inspect(
+    source: str,
+    label: str,
+    *,
+    subject_map: Path | None,
+    heuristic_spec: str,
+    overrides: Path | None,
+    fmt: str,
+    work_dir: Path | None,
+) -> int:
     """Print each series of one exam and the BIDS name it gets, or why it is skipped."""
-    args = parser().parse_args(argv)
-    heuristic = load_heuristic(args.heuristic, args.overrides)
-    store = open_store(args.source)
-    subjects = read_map(args.subject_map) if args.subject_map else from_folder_names(store)
+    heuristic = load_heuristic(heuristic_spec, overrides)
+    store = open_store(source)
+    subjects = read_map(subject_map) if subject_map else from_folder_names(store)
     records: list[dict[str, object]] = []
-    root = (args.work_dir or Path(tempfile.gettempdir()) / "bidsapp").absolute()
-    for subject in select(subjects, (args.participant_label,), "SOURCE"):
+    root = (work_dir or Path(tempfile.gettempdir()) / "bidsapp").absolute()
+    for subject in select(subjects, (label,), "SOURCE"):
         try:
             root.mkdir(mode=0o700, parents=True, exist_ok=True)
             work = Path(tempfile.mkdtemp(prefix=f"inspect-{subject.job_name}-", dir=root))
@@ -64,7 +55,7 @@ def run_inspect(argv: Sequence[str]) -> int:
         finally:
             shutil.rmtree(work, ignore_errors=True)
         records += [_record(row, ids, subject.session) for row in rows]
-    print(render(records, args.format), end="")
+    print(render(records, fmt), end="")
     return 0
 
 

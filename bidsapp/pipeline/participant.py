@@ -11,7 +11,6 @@ import hashlib
 import json
 import secrets
 import shutil
-import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -25,9 +24,9 @@ from loguru import logger
 from bidsapp import logs
 from bidsapp.errors import BidsAppError, GateFailed, LocalIOError
 from bidsapp.pipeline import preempt
-from bidsapp.pipeline.convert import Heuristic, convert, load_heuristic
+from bidsapp.pipeline.convert import Heuristic, convert
 from bidsapp.pipeline.gate import GateReport, recheck, run_gate
-from bidsapp.pipeline.publish import Target, init_shared, publish, published_manifest, repair
+from bidsapp.pipeline.publish import Target, publish, published_manifest, repair
 from bidsapp.pipeline.stage import StagedExam, stage
 from bidsapp.pipeline.status import StatusRecord
 from bidsapp.pipeline.subjects import Subject, from_folder_names, read_map, select, select_sessions
@@ -36,7 +35,7 @@ from bidsapp.privacy.phi import Identifiers
 from bidsapp.privacy.profiles import date_offset, dicom_seed, load_secret
 from bidsapp.report.subject import write_subject_report
 from bidsapp.settings import Settings
-from bidsapp.stores import Store, open_store
+from bidsapp.stores import Store
 from bidsapp.tools import versions
 
 T = TypeVar("T")
@@ -70,41 +69,6 @@ def fingerprint(source: Store, subject: Subject, heuristic: Heuristic) -> str:
         digest.update(f"{rel}\0{entry.key}\n".encode())
     digest.update(f"{subject.label}\0{subject.session}\0{heuristic.sha256}".encode())
     return digest.hexdigest()
-
-
-def run_participant(settings: Settings) -> int:
-    """Every selected subject in map order; the exit code of the first failure, else 0."""
-    source = open_store(settings.source, settings=settings)
-    output = open_store(settings.output, for_output=not settings.dry_run, settings=settings)
-    heuristic = load_heuristic(settings.heuristic, settings.overrides)
-    subjects = load_subjects(settings, source)
-    if not settings.dry_run:
-        init_shared(output)
-    if settings.jobs > 1 and len(subjects) > 1 and not settings.dry_run:
-        from bidsapp.batch.fanout import run_many
-
-        results = run_many(settings, subjects)
-    else:
-        results = []
-        with preempt.sigterm_raises():
-            for subject in subjects:
-                results.append(run_job(settings, source, output, heuristic, subject))
-                if preempt.requested():
-                    break  # the scheduler wants the node back: the rest waits for a rerun
-    if len(results) > 1:
-        print_summary(results)
-    failed = [r for r in results if r.exit_code]
-    return failed[0].exit_code if failed else 0
-
-
-def print_summary(results: list[JobResult]) -> None:
-    """One line per job: state and exit code."""
-    width = max(len(r.job) for r in results)
-    lines = [
-        f"{'job':<{width}}  {'state':<10} exit",
-        *(f"{r.job:<{width}}  {r.state:<10} {r.exit_code}" for r in results),
-    ]
-    print("\n".join(lines), file=sys.stderr)
 
 
 def _make_work_dir(settings: Settings, subject: Subject, run_id: str) -> Path:

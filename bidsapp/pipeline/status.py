@@ -6,10 +6,12 @@ import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bidsapp.errors import BidsAppError
 from bidsapp.pipeline.publish import Target, published_manifest
+from bidsapp.pipeline.subjects import read_map
 from bidsapp.stores import Store
 
 STATES = ("started", "staged", "converted", "gated", "published", "skipped", "failed")
@@ -78,3 +80,18 @@ def job_states(store: Store, expected: list[tuple[str, str]] | None = None) -> l
                 state = "incomplete"
         rows.append({**record, "state": state, "published": complete})
     return rows
+
+
+def print_status(store: Store, subject_map: Path | None, *, as_json: bool) -> int:
+    """`bidsapp status`: every job's last state, one line each (or JSON)."""
+    expected = [(s.label, s.session) for s in read_map(subject_map)] if subject_map else None
+    rows = job_states(store, expected)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        ses = f"ses-{r['session']}" if r["session"] else "-"
+        code = "-" if r["exit_code"] is None else r["exit_code"]
+        error = r["error_class"] + (" (retryable)" if r["retryable"] else "")
+        print(f"sub-{r['label']}\t{ses}\t{r['state']}\t{code}\t{error}")
+    return 0

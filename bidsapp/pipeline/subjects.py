@@ -161,3 +161,20 @@ def select_sessions(subjects: list[Subject], sessions: tuple[str, ...]) -> list[
         names = ", ".join(f"ses-{s}" for s in sessions)
         raise NoSubjectSelected(f"{names} is not a session of the selected subjects in the map")
     return chosen
+
+
+def update_map(store: Store, subject_map: Path) -> int:
+    """`bidsapp subjects`: write or extend the map with SOURCE's exam folders; print the labels."""
+    existing = read_map(subject_map) if subject_map.exists() else []
+    subjects, added = extend_map(existing, store)
+    write_map(subject_map, subjects)
+    # The map's source column is PHI: report labels only.
+    labels = ", ".join(f"sub-{s.label}" for s in subjects) or "none"
+    print(f"{subject_map}: {len(subjects)} exam folders ({added} new): {labels}")
+    by_id = [s for s in subjects[len(existing) :] if s.source.startswith("id:")]
+    if by_id:
+        print(
+            f"{len(by_id)} exam folders share their names with others and are mapped by Drive "
+            f"id: {', '.join(f'sub-{s.label}' for s in by_id)}"
+        )
+    return 0

@@ -42,7 +42,7 @@ from bidsapp.errors import (
     TemporaryFailure,
     UsageError,
 )
-from bidsapp.stores import Entry, Store, md5_of
+from bidsapp.stores.base import Entry, Store, md5_of
 from bidsapp.stores.drive_api import (
     EMPTY_MD5,
     FILE_FIELDS,
@@ -54,7 +54,7 @@ from bidsapp.stores.drive_api import (
     drive_url,
 )
 from bidsapp.stores.drive_auth import load_identity
-from bidsapp.stores.pacer import Backoff, shared_pacer
+from bidsapp.stores.pacer import Backoff, Pacer, shared_pacer
 from bidsapp.stores.progress import Progress
 
 if TYPE_CHECKING:
@@ -778,3 +778,10 @@ class DriveStore:
 
 
 _CHECK: Store = DriveStore.__new__(DriveStore)  # mypy proves DriveStore implements Store
+
+
+def whoami(credentials: Path | None) -> str:
+    """`bidsapp auth whoami`: the identity bidsapp would use for Drive, checked with one call."""
+    identity = load_identity(credentials, write=False)
+    DriveClient(identity, Pacer(5, backoff=Backoff(0.5, 4, 3)), url=drive_url()).email()
+    return identity.describe()

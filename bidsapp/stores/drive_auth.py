@@ -196,15 +196,18 @@ def _allow_loopback_http(token_uri: str) -> None:
     """Let oauthlib talk plain http to a token endpoint on this machine (the Drive emulator).
 
     oauthlib refuses any http:// token URL; a loopback one never leaves the machine, and the
-    emulator (BIDSAPP_DRIVE_URL) serves no TLS. Google's own https endpoints are unaffected.
+    emulator serves no TLS. Any other http endpoint (even one BIDSAPP_DRIVE_URL names) is
+    refused here, so no token crosses a network unencrypted; Google's https is unaffected.
     """
     parts = urlsplit(token_uri)
-    emulator = os.environ.get("BIDSAPP_DRIVE_URL", "").strip().rstrip("/")
-    if parts.scheme == "http" and (
-        parts.hostname in ("localhost", "127.0.0.1", "::1")
-        or (emulator and token_uri.startswith(emulator + "/"))
-    ):
-        os.environ["OAUTHLIB_INSECURE_TRANSPORT"] = "1"
+    if parts.scheme == "https":
+        return
+    if parts.scheme != "http" or parts.hostname not in ("localhost", "127.0.0.1", "::1"):
+        raise UsageError(
+            f"the OAuth client's token endpoint {token_uri!r} is not https",
+            hint="use the client file Google Cloud gives (https://oauth2.googleapis.com/token)",
+        )
+    os.environ["OAUTHLIB_INSECURE_TRANSPORT"] = "1"
 
 
 def _await_redirect(port: int) -> str:

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from bidsapp.errors import LocalIOError, LocationNotFound, OutputNotWritable
-from bidsapp.stores import Entry, Store, md5_of
+from bidsapp.stores.base import Entry, Store, md5_of
 
 
 def file_md5(path: Path) -> str:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from bidsapp.sandbox.emulator.service import Emulator
+from bidsapp_sandbox.emulator.service import Emulator
 
 
 def run_foreground(

@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bidsapp.sandbox.emulator.errors import ApiError, bad_request
-from bidsapp.sandbox.emulator.files_api import Content
+from bidsapp_sandbox.emulator.errors import ApiError, bad_request
+from bidsapp_sandbox.emulator.files_api import Content
 
 CHUNK_GRANULARITY = 256 * 1024  # non-final resumable chunks must be multiples of this
 _BOUNDARY = re.compile(r'boundary=(?:"([^"]+)"|([^;\s]+))', re.IGNORECASE)

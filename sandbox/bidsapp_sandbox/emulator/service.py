@@ -10,15 +10,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from bidsapp.sandbox.emulator.blobs import BlobStore
-from bidsapp.sandbox.emulator.faults import Fault, FaultSchedule
-from bidsapp.sandbox.emulator.files_api import DriveApi
-from bidsapp.sandbox.emulator.metering import Meter
-from bidsapp.sandbox.emulator.model import FOLDER, SHORTCUT, FileRec, State
-from bidsapp.sandbox.emulator.resources import file_resource
-from bidsapp.sandbox.emulator.server import Context, EmulatorHTTPServer
-from bidsapp.sandbox.emulator.tokens import TokenAuthority
-from bidsapp.sandbox.emulator.uploads import Sessions
+from bidsapp_sandbox.emulator.blobs import BlobStore
+from bidsapp_sandbox.emulator.faults import Fault, FaultSchedule
+from bidsapp_sandbox.emulator.files_api import DriveApi
+from bidsapp_sandbox.emulator.metering import Meter
+from bidsapp_sandbox.emulator.model import FOLDER, SHORTCUT, FileRec, State
+from bidsapp_sandbox.emulator.resources import file_resource
+from bidsapp_sandbox.emulator.server import Context, EmulatorHTTPServer
+from bidsapp_sandbox.emulator.tokens import TokenAuthority
+from bidsapp_sandbox.emulator.uploads import Sessions
 
 STATE_FILE = "state.json"
 SAVE_INTERVAL = 1.0  # seconds between snapshots of a persistent emulator's metadata

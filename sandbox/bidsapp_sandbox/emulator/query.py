@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from bidsapp.sandbox.emulator.errors import ApiError, bad_request
+from bidsapp_sandbox.emulator.errors import ApiError, bad_request
 
 Row = Mapping[str, Any]
 Predicate = Callable[[Row], bool]

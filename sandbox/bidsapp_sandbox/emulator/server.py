@@ -14,14 +14,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from bidsapp.sandbox.emulator import errors
-from bidsapp.sandbox.emulator import fields as fieldmask
-from bidsapp.sandbox.emulator.errors import ApiError, OAuthError
-from bidsapp.sandbox.emulator.faults import Fault, FaultSchedule
-from bidsapp.sandbox.emulator.files_api import Content, DriveApi, flag
-from bidsapp.sandbox.emulator.metering import Meter
-from bidsapp.sandbox.emulator.tokens import TokenAuthority
-from bidsapp.sandbox.emulator.uploads import Sessions, json_body, parse_multipart, receive
+from bidsapp_sandbox.emulator import errors
+from bidsapp_sandbox.emulator import fields as fieldmask
+from bidsapp_sandbox.emulator.errors import ApiError, OAuthError
+from bidsapp_sandbox.emulator.faults import Fault, FaultSchedule
+from bidsapp_sandbox.emulator.files_api import Content, DriveApi, flag
+from bidsapp_sandbox.emulator.metering import Meter
+from bidsapp_sandbox.emulator.tokens import TokenAuthority
+from bidsapp_sandbox.emulator.uploads import Sessions, json_body, parse_multipart, receive
 
 _FILE = re.compile(r"^/(upload/)?drive/v3/files(?:/([^/]+))?$")
 _DRIVES = re.compile(r"^/drive/v3/drives(?:/([^/]+))?$")

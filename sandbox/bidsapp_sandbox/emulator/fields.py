@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from bidsapp.sandbox.emulator.errors import ApiError, bad_request
+from bidsapp_sandbox.emulator.errors import ApiError, bad_request
 
 # A mask maps a field name to the mask of its sub-fields, or to None for "all of it".
 Mask = dict[str, "Mask | None"]

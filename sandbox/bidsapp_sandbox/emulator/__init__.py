@@ -4,7 +4,7 @@ The real google-api-python-client and google-auth talk to it: point the client a
 (BIDSAPP_DRIVE_URL) and give it a service-account file from `emu.service_account(...)`.
 """
 
-from bidsapp.sandbox.emulator.faults import Fault
-from bidsapp.sandbox.emulator.service import Emulator
+from bidsapp_sandbox.emulator.faults import Fault
+from bidsapp_sandbox.emulator.service import Emulator
 
 __all__ = ["Emulator", "Fault"]

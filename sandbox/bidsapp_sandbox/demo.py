@@ -13,8 +13,8 @@ import shutil
 from pathlib import Path
 
 from bidsapp.pipeline.subjects import extend_map, write_map
-from bidsapp.sandbox.exams import Patient, write_session
 from bidsapp.stores.local import LocalStore
+from bidsapp_sandbox.exams import Patient, write_session
 
 # Exam folders are named the way hospitals export them: after the patient. bidsapp must keep
 # those names (and the header values) out of everything it publishes.
@@ -68,7 +68,7 @@ def _run_local(root: Path, source: Path) -> int:
 
 def _run_drive(root: Path, source: Path) -> int:
     from bidsapp.cli import main
-    from bidsapp.sandbox.emulator import Emulator
+    from bidsapp_sandbox.emulator import Emulator
 
     with Emulator(state_dir=root / "drive") as emu:
         key = emu.service_account(email=SERVICE_ACCOUNT, dest=root / "service-account.json")

@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from bidsapp.sandbox.emulator.model import ROLE_RANK, FileRec, State, at_least
+from bidsapp_sandbox.emulator.model import ROLE_RANK, FileRec, State, at_least
 
 FILE_FIELDS = frozenset(  # every files#resource field name, from the discovery document
     """kind id name mimeType parents size md5Checksum createdTime modifiedTime trashed

@@ -411,7 +411,7 @@ def _study_dataset(
     ds.PatientSex = patient.sex
     ds.PatientAge = patient.age
     ds.BodyPartExamined = "BRAIN"
-    ds.SoftwareVersions = "bidsapp.sandbox.exams"
+    ds.SoftwareVersions = "bidsapp_sandbox.exams"
     ds.MagneticFieldStrength = 3
     ds.ImagingFrequency = 123.2
     ds.ImagedNucleus = "1H"

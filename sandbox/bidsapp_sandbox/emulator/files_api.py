@@ -14,16 +14,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bidsapp.sandbox.emulator import fields as fieldmask
-from bidsapp.sandbox.emulator.blobs import BlobStore
-from bidsapp.sandbox.emulator.errors import (
+from bidsapp_sandbox.emulator import fields as fieldmask
+from bidsapp_sandbox.emulator.blobs import BlobStore
+from bidsapp_sandbox.emulator.errors import (
     ApiError,
     bad_request,
     forbidden,
     insufficient_permissions,
     not_found,
 )
-from bidsapp.sandbox.emulator.model import (
+from bidsapp_sandbox.emulator.model import (
     FOLDER,
     GOOGLE_APPS,
     SHORTCUT,
@@ -32,14 +32,14 @@ from bidsapp.sandbox.emulator.model import (
     at_least,
     is_service_account,
 )
-from bidsapp.sandbox.emulator.paging import (
+from bidsapp_sandbox.emulator.paging import (
     decode_page_token,
     encode_page_token,
     int_param,
     order_key,
 )
-from bidsapp.sandbox.emulator.query import compile_query
-from bidsapp.sandbox.emulator.resources import (
+from bidsapp_sandbox.emulator.query import compile_query
+from bidsapp_sandbox.emulator.resources import (
     DEFAULT_FILE_FIELDS,
     DEFAULT_LIST_FIELDS,
     FILE_FIELDS,

@@ -7,8 +7,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from bidsapp.sandbox.emulator.errors import bad_request
-from bidsapp.sandbox.emulator.model import FileRec
+from bidsapp_sandbox.emulator.errors import bad_request
+from bidsapp_sandbox.emulator.model import FileRec
 
 _ORDER_KEYS = {"createdTime", "folder", "modifiedTime", "name", "name_natural", "quotaBytesUsed"}
 

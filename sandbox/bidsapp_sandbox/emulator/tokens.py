@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from google.auth import jwt as google_jwt
 
-from bidsapp.sandbox.emulator.errors import OAuthError
+from bidsapp_sandbox.emulator.errors import OAuthError
 
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 # google-auth signs assertions for Google's own endpoint whatever token_uri says; Google accepts
