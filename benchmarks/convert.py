@@ -169,7 +169,8 @@ def report_case(case: str, res: dict[str, Measure]) -> bool:
 FACTS = """
 import json
 from pathlib import Path
-from bidsapp.pipeline.convert import heudiconv_argv, load_heuristic
+from bidsapp.heuristic.loader import load_heuristic
+from bidsapp.pipeline.convert import heudiconv_argv
 from bidsapp.tools import versions
 argv = heudiconv_argv([Path("@FILES@")], "01", "", load_heuristic("reproin").path, Path("@OUT@"))
 print(json.dumps({"argv": argv, "versions": versions()}))

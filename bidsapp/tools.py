@@ -19,11 +19,12 @@ QUIET_ENV = {"NO_ET": "1", "NIPYPE_NO_ET": "1"}
 class ToolFailed(RuntimeError):
     """An external tool exited with an unexpected code; carries the tail of its stderr."""
 
-    def __init__(self, argv: Sequence[str], code: int, tail: str) -> None:
+    def __init__(self, argv: Sequence[str], code: int, tail: str, output: str = "") -> None:
         super().__init__(f"{Path(argv[0]).name} exited with {code}: {tail}")
         self.argv = list(argv)
         self.code = code
         self.tail = tail
+        self.output = output  # all it wrote to stderr then stdout, for callers that parse it
 
 
 def tool_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -67,7 +68,7 @@ def run(
         raise ToolFailed(argv, 127, f"{argv[0]} is not installed") from exc
     if proc.returncode not in ok_codes:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
-        raise ToolFailed(argv, proc.returncode, tail)
+        raise ToolFailed(argv, proc.returncode, tail, f"{proc.stderr}\n{proc.stdout}")
     return proc
 
 

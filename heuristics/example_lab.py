@@ -15,16 +15,11 @@ that hold for every exam of a study, an overrides file for one exam's exceptions
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from bidsapp.heuristic.base import infotodict_with, planner
+from bidsapp.heuristic.plan import Override
+from bidsapp.heuristic.prepass import custom_seqinfo
 
-from heudiconv.utils import SeqInfo
-
-from bidsapp.heuristic.base import Key
-from bidsapp.heuristic.base import infotodict as infotodict_from_headers
-from bidsapp.heuristic.classify import Override
-from bidsapp.heuristic.headers import custom_seqinfo
-
-__all__ = ["EXPECTED_FILES", "custom_seqinfo", "infotodict"]
+__all__ = ["EXPECTED_FILES", "custom_seqinfo", "infotodict", "plan"]
 
 RENAME = {
     "*nback*": "func/task-nback_bold",
@@ -41,7 +36,6 @@ LAB_RULES = tuple(
     + [Override(description=p, skip=reason) for p, reason in SKIP.items()]
 )
 
-
-def infotodict(seqinfo: Iterable[SeqInfo]) -> dict[Key, list[str]]:
-    """The default classification with this lab's rules (and the exam's overrides) on top."""
-    return infotodict_from_headers(seqinfo, LAB_RULES)
+# The default classification with this lab's rules (and the exam's overrides) on top.
+plan = planner(LAB_RULES)
+infotodict = infotodict_with(plan)

@@ -12,16 +12,14 @@ import pytest
 
 from bidsapp.heuristic.classify import (
     Decision,
-    Override,
     accel_label,
     anat_suffix,
     classify,
-    output_names,
     pe_label,
-    plan,
     task_label,
 )
 from bidsapp.heuristic.headers import Output, SeriesHeader
+from bidsapp.heuristic.plan import Override, output_names, plan
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
@@ -77,11 +75,8 @@ def bold(n: int, desc: str, pe: str = "j-", volumes: int = 200, **kw: object) ->
 
 
 def names(decisions: list[Decision], headers: list[SeriesHeader]) -> dict[int, object]:
-    by_id = {h.series_id: h for h in headers}
-    return {
-        by_id[d.series_id].number: output_names(d, by_id[d.series_id]) or d.reason
-        for d in decisions
-    }
+    by_key = {h.key: h for h in headers}
+    return {by_key[d.key].number: output_names(d, by_key[d.key]) or d.reason for d in decisions}
 
 
 # -- single series ---------------------------------------------------------------------------

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from bidsapp.errors import UsageError
-from bidsapp.heuristic.classify import Override
 from bidsapp.heuristic.overrides import dump, load
+from bidsapp.heuristic.plan import Override
 from tests.conftest import MakeExam, RunCli, error_lines
 
 

@@ -87,7 +87,8 @@ def test_keep_work_keeps_a_private_work_dir(
     (job,) = list(work_dir.iterdir())
     assert job.name.startswith("sub-01-")
     assert (job.stat().st_mode & 0o777) == 0o700
-    assert (job / "dicom" / "study-1").is_dir() and (job / "heudiconv" / ".heudiconv").is_dir()
+    assert (job / "dicom" / "study-1").is_dir()
+    assert (job / "heudiconv" / "unit-1" / ".heudiconv").is_dir()
 
 
 def test_new_session_leaves_other_sessions_untouched(

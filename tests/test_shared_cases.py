@@ -13,6 +13,8 @@ series are (headers read with pydicom and `dcm2niix -b o`; see the issue and the
 - ge_mr29_dwi_t1: four DWI runs that differ by acceleration (acq-), the last one also in
   phase-encoding polarity; GE's BidsGuess calls them derived tensor maps.
 - philips_r53_dti: one DTI series whose isotropic trace volume dcm2niix drops.
+- siemens_e11_reproin_phantom: a phase-difference series without its magnitude series: published
+  as acquired, but not linked as a field map (no B0FieldIdentifier), with a note.
 
 One participant + group + inspect run per case (module-scoped), shared by the assertions.
 """
@@ -238,6 +240,11 @@ def test_case_lists_every_skipped_series_with_its_reason(outcome: Outcome) -> No
         assert notes == {
             "601": "dcm2niix also wrote an image it calls ADC (scanner-derived): not published"
         }
+    elif case == "siemens_e11_reproin_phantom":  # a phase difference without its magnitudes
+        assert notes == {
+            "6": "field map without its magnitude images in this session: published as "
+            "acquired, not linked to any image (no B0FieldIdentifier)"
+        }
     else:
         assert notes == {}
 
@@ -266,9 +273,11 @@ def test_case_output_holds_no_patient_data(outcome: Outcome) -> None:
 def test_field_maps_are_linked_to_what_they_correct(outcome: Outcome) -> None:
     sub = outcome.output / S
     fmaps = sorted(sub.glob("fmap/*.json"))
-    if outcome.case == "siemens_e11_reproin_phantom":  # a phase image with nothing to correct
-        assert [json.loads(f.read_text())["B0FieldIdentifier"] for f in fmaps] == ["phasediff3mm1"]
-        assert "IntendedFor" not in json.loads(fmaps[0].read_text())
+    if outcome.case == "siemens_e11_reproin_phantom":
+        # a phase difference without its magnitudes is no usable field map: fMRIPrep would fail
+        # on it, so it carries no identifier (and corrects nothing)
+        [fmap] = fmaps
+        assert {"B0FieldIdentifier", "IntendedFor"}.isdisjoint(json.loads(fmap.read_text()))
         return
     if outcome.case != "siemens_xa30_enh":
         assert fmaps == []

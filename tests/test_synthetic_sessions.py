@@ -13,6 +13,15 @@ The expected names follow from what each series is, not from the code's output:
   FLAIR, FRFSE is T2w.
 - siemens_bold_se_epi: a spin-echo EPI pair whose dir-AP/dir-PA come from the polarity in the
   CSA header, and a resting BOLD with its SBRef, which the pair corrects.
+- ge_b0map_dwi: GE's B0 map, which dcm2niix writes as a magnitude and a field in Hz
+  (`fieldmap` + `magnitude`); a DWI named "Ax seq 7" whose b-values only dcm2niix reads (GE
+  private tags): dwi from its b-values alone.
+- philips_fieldmaps: Philips' B0 map (magnitude + Hz) and a two-echo GRE field map with magnitude
+  and phase per echo (magnitude1/phase1/magnitude2/phase2): two complete sets, run-1 and run-2.
+- siemens_two_gre_sets: two magnitude + phase-difference pairs, each phase series numbered before
+  its magnitudes, the second on a tilted grid: paired by acquisition (grid, echoes, time).
+- siemens_pepolar_singles: single-volume EPIs in opposite directions with uninformative names:
+  a PEPOLAR pair (dir- from the CSA polarity) that corrects the BOLD run after them.
 """
 
 from __future__ import annotations
@@ -27,7 +36,8 @@ import pydicom
 import pytest
 from bidsapp_sandbox.exams import EXAMS, Patient, Series, write_session
 
-from bidsapp.heuristic.headers import summarize
+from bidsapp.heuristic.headers import FileRecord, record, summaries
+from bidsapp.heuristic.prepass import convert_folder, custom_seqinfo
 from bidsapp.privacy.phi import Identifiers, scan_tree
 from tests.conftest import published_files, run_bidsapp
 
@@ -70,6 +80,39 @@ EXPECTED: dict[str, tuple[list[str], dict[str, str]]] = {
             "func/sub-01_task-rest_bold",
             "func/sub-01_task-rest_sbref",
         ),
+        {},
+    ),
+    "ge_b0map_dwi": (
+        [
+            *_image("anat/sub-01_T1w", "fmap/sub-01_fieldmap", "fmap/sub-01_magnitude"),
+            *[f"{S}/dwi/sub-01_dir-AP_dwi.{e}" for e in ("bval", "bvec", "json", "nii.gz")],
+        ],
+        {},
+    ),
+    "philips_fieldmaps": (
+        _image(
+            "anat/sub-01_T1w",
+            "fmap/sub-01_run-1_fieldmap",
+            "fmap/sub-01_run-1_magnitude",
+            "fmap/sub-01_run-2_magnitude1",
+            "fmap/sub-01_run-2_magnitude2",
+            "fmap/sub-01_run-2_phase1",
+            "fmap/sub-01_run-2_phase2",
+        ),
+        {},
+    ),
+    "siemens_two_gre_sets": (
+        _image(
+            *(f"fmap/sub-01_run-{r}_{s}" for r in (1, 2) for s in ("magnitude1", "magnitude2")),
+            "fmap/sub-01_run-1_phasediff",
+            "fmap/sub-01_run-2_phasediff",
+            "func/sub-01_task-tfMRIMOTORAP_bold",
+            "func/sub-01_task-rest_bold",
+        ),
+        {},
+    ),
+    "siemens_pepolar_singles": (
+        _image("fmap/sub-01_dir-AP_epi", "fmap/sub-01_dir-PA_epi", "func/sub-01_task-rest_bold"),
         {},
     ),
 }
@@ -191,6 +234,9 @@ def test_sidecars_carry_what_the_headers_and_the_session_say(outcome: Outcome) -
         assert outcome.sidecar("anat/sub-01_part-phase_T2starw")["Units"] == "arbitrary"
         assert outcome.sidecar("anat/sub-01_T1w")["InversionTime"] == 0.9
         return
+    if outcome.exam in FIELD_MAPS:
+        FIELD_MAPS[outcome.exam](outcome)
+        return
     if outcome.exam != "siemens_bold_se_epi":
         assert not (outcome.output / S / "fmap").exists()
         return
@@ -208,16 +254,92 @@ def test_sidecars_carry_what_the_headers_and_the_session_say(outcome: Outcome) -
         assert sidecar["PhaseEncodingDirection"] == "j-" and sidecar["TaskName"] == "rest"
 
 
-def test_a_summary_reuses_the_dataset_heudiconv_read(tmp_path: Path) -> None:
-    exam = EXAMS["siemens_bold_se_epi"]
-    write_session(tmp_path, series=exam.series, vendor=exam.vendor)
-    files = sorted(str(p) for p in (tmp_path / "04").iterdir())
-    read = summarize(files)
-    assert summarize(files, first=pydicom.dcmread(files[0], stop_before_pixels=True)) == read
-    assert (read.dims, read.volumes, read.pe_direction) == ((16, 16, 8, 6), 6, "j-")
-    # a dataset of another file than the first is not taken for it
-    other = pydicom.dcmread(files[5], stop_before_pixels=True)
-    assert summarize(files, first=other) == read
+def _linked(outcome: Outcome, fmaps: list[str], ident: str, targets: list[str]) -> None:
+    """Every image of one set carries its identifier and lists what it corrects; each of
+    those names the set as its source."""
+    for stem in fmaps:
+        sidecar = outcome.sidecar(stem)
+        assert sidecar["B0FieldIdentifier"] == ident, stem
+        assert sidecar.get("IntendedFor", []) == [f"bids::{S}/{t}.nii.gz" for t in targets], stem
+    for target in targets:
+        assert outcome.sidecar(target)["B0FieldSource"] == ident, target
+
+
+def _ge_b0map_dwi(outcome: Outcome) -> None:
+    field, magnitude = (
+        outcome.sidecar("fmap/sub-01_fieldmap"),
+        outcome.sidecar("fmap/sub-01_magnitude"),
+    )
+    assert field["Units"] == "Hz" and "Units" not in magnitude
+    _linked(outcome, ["fmap/sub-01_fieldmap", "fmap/sub-01_magnitude"], "fieldmap1",
+            ["dwi/sub-01_dir-AP_dwi"])  # fmt: skip
+    bvals = (outcome.output / S / "dwi/sub-01_dir-AP_dwi.bval").read_text().split()
+    assert [float(b) for b in bvals] == [0, *[1000] * 5]
+    [row] = [r for r in outcome.gate["series"] if r["series_id"].startswith("2-")]
+    assert row["guess"] == "dcm2niix guesses fmap/epi"  # its guess is wrong, and says so
+
+
+def _philips_fieldmaps(outcome: Outcome) -> None:
+    assert outcome.sidecar("fmap/sub-01_run-1_fieldmap")["Units"] == "Hz"
+    echoes = {n: outcome.sidecar(f"fmap/sub-01_run-2_{n}")["EchoTime"] for n in (
+        "magnitude1", "phase1", "magnitude2", "phase2")}  # fmt: skip
+    assert echoes == {"magnitude1": 0.0023, "phase1": 0.0023, "magnitude2": 0.0046,
+                      "phase2": 0.0046}  # fmt: skip
+    for n in ("phase1", "phase2"):
+        assert outcome.sidecar(f"fmap/sub-01_run-2_{n}")["Units"] == "arbitrary"
+        assert "PHASE" in outcome.sidecar(f"fmap/sub-01_run-2_{n}")["ImageType"]
+    _linked(outcome, ["fmap/sub-01_run-1_fieldmap", "fmap/sub-01_run-1_magnitude"],
+            "fieldmap1", [])  # fmt: skip
+    run2 = [f"fmap/sub-01_run-2_{n}" for n in ("magnitude1", "magnitude2", "phase1", "phase2")]
+    _linked(outcome, run2, "phasediff2", [])
+
+
+def _siemens_two_gre_sets(outcome: Outcome) -> None:
+    targets = ("func/sub-01_task-rest_bold", "func/sub-01_task-tfMRIMOTORAP_bold")
+    for run, target in enumerate(targets, start=1):
+        stems = [f"fmap/sub-01_run-{run}_{n}" for n in ("magnitude1", "magnitude2", "phasediff")]
+        _linked(outcome, stems, f"phasediff{run}", [target])
+        phasediff = outcome.sidecar(stems[2])
+        assert (phasediff["EchoTime1"], phasediff["EchoTime2"]) == (0.00492, 0.00738)
+    # each set is one acquisition: its magnitudes and phase share the grid and the time
+    for run in (1, 2):
+        grids = {
+            tuple(outcome.sidecar(f"fmap/sub-01_run-{run}_{n}")["ImageOrientationPatientDICOM"])
+            for n in ("magnitude1", "phasediff")
+        }
+        assert len(grids) == 1
+
+
+def _siemens_pepolar_singles(outcome: Outcome) -> None:
+    ap, pa = outcome.sidecar("fmap/sub-01_dir-AP_epi"), outcome.sidecar("fmap/sub-01_dir-PA_epi")
+    assert (ap["PhaseEncodingDirection"], pa["PhaseEncodingDirection"]) == ("j-", "j")
+    _linked(outcome, ["fmap/sub-01_dir-AP_epi", "fmap/sub-01_dir-PA_epi"], "pepolar1",
+            ["func/sub-01_task-rest_bold"])  # fmt: skip
+
+
+FIELD_MAPS = {
+    "ge_b0map_dwi": _ge_b0map_dwi,
+    "philips_fieldmaps": _philips_fieldmaps,
+    "siemens_two_gre_sets": _siemens_two_gre_sets,
+    "siemens_pepolar_singles": _siemens_pepolar_singles,
+}
+
+
+def test_a_plain_heudiconv_run_summarises_a_series_as_bidsapp_does(tmp_path: Path) -> None:
+    # inside bidsapp: staged records + one dcm2niix pass over the study; outside (a plain
+    # `heudiconv -f auto.py`): custom_seqinfo over the series' own files. Same evidence.
+    exam = EXAMS["philips_fieldmaps"]
+    write_session(tmp_path / "in", series=exam.series, vendor=exam.vendor)
+    files = sorted(str(p) for p in (tmp_path / "in" / "02").iterdir())
+    records: list[FileRecord] = [record(pydicom.dcmread(f, stop_before_pixels=True)) for f in files]
+    outputs = convert_folder(tmp_path / "in", tmp_path / "pass")
+    [inside] = [h for h in summaries(records, outputs) if h.number == 2]
+    custom = dict(custom_seqinfo(None, files))
+    outside = {k: json.loads(v) for k, v in custom.items()}
+    for key in ("series_id", "image_type", "dims", "volumes", "tr", "te", "pe_direction"):
+        assert outside[key] == json.loads(json.dumps(getattr(inside, key))), key
+    postfixes = sorted(o["postfix"] for o in outside["outputs"])
+    assert postfixes == sorted(o.postfix for o in inside.outputs) == ["e1", "e1_ph", "e2", "e2_ph"]
 
 
 @pytest.mark.parametrize("vendor", ["siemens", "ge"])

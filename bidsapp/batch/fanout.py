@@ -40,7 +40,7 @@ def child_settings(settings: Settings, subject: Subject, jobs: int) -> Settings:
 
 def _child(settings: Settings, subject: Subject, conn: Connection) -> None:
     """Runs in the child process: one job, its JobResult back to the parent, its exit code."""
-    from bidsapp.pipeline.convert import load_heuristic
+    from bidsapp.heuristic.loader import load_heuristic
     from bidsapp.stores import open_store
 
     logs.setup_console(settings.log_level)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 
 from bidsapp.batch.fanout import run_many
+from bidsapp.heuristic.loader import load_heuristic
 from bidsapp.pipeline import preempt
-from bidsapp.pipeline.convert import load_heuristic
 from bidsapp.pipeline.participant import JobResult, load_subjects, run_job
 from bidsapp.pipeline.publish import init_shared
 from bidsapp.settings import Settings

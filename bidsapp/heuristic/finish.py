@@ -1,168 +1,170 @@
-"""After heudiconv: what only the whole session shows, written into the converted sidecars.
+"""After naming: what only the whole session shows, written into the converted sidecars.
 
-The auto heuristic records its decisions (the plan); from them this step sets the fields
-overrides ask for, writes `aslcontext.tsv` and the ASL fields derived from the headers, and links
-field maps to the images they correct (`B0FieldIdentifier`, `B0FieldSource`, `IntendedFor`),
-so fMRIPrep uses them.
+From the plan: the fields overrides ask for, `aslcontext.tsv` and the ASL fields derived from the
+headers, `Units` for phase images and field maps in Hz, `TaskName`, the two echo times of a
+phase difference, a time axis for a BOLD run that stopped after one volume, and the links
+between field maps and the images they correct (`B0FieldIdentifier`, `B0FieldSource`,
+`IntendedFor`), so fMRIPrep uses them.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import stat
+import struct
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bidsapp.heuristic.classify import Decision, output_names
+from bidsapp.heuristic.classify import Decision
 from bidsapp.heuristic.headers import SeriesHeader
+from bidsapp.heuristic.plan import output_plan
+from bidsapp.heuristic.settle import full_stem
 
-PLAN_ENV = "BIDSAPP_PLAN"
-PlanEntry = tuple[Decision, SeriesHeader]
 _TARGETS = {("func", "bold"), ("func", "sbref"), ("dwi", "dwi"), ("dwi", "sbref"), ("perf", "asl")}
 
 
-def read_plan(path: Path) -> list[PlanEntry]:
-    """The heuristic's decisions for one session, in acquisition order."""
-    entries = []
-    for item in json.loads(path.read_text(encoding="utf-8")):
-        d = item["decision"]
-        decision = Decision(
-            d["series_id"],
-            d["datatype"],
-            d["suffix"],
-            tuple((k, v) for k, v in d["entities"]),
-            d["reason"],
-            tuple((k, v) for k, v in d["sidecar"]),
-            tuple(d["aslcontext"]),
-        )
-        entries.append((decision, SeriesHeader.from_json(item["header"])))
-    return entries
+def rewrite(path: Path, data: bytes) -> None:
+    """Replace a file atomically, keeping its mode (heudiconv leaves its outputs read-only)."""
+    mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o644
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".finish-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
-def write_plan(decisions: list[Decision], headers: dict[str, SeriesHeader]) -> None:
-    """Inside heudiconv: record the heuristic's decisions where bidsapp asked (BIDSAPP_PLAN)."""
-    target = os.environ.get(PLAN_ENV)
-    if not target:
-        return
-    record = [
-        {
-            "header": headers[d.series_id].to_json(),
-            "decision": {
-                "series_id": d.series_id,
-                "datatype": d.datatype,
-                "suffix": d.suffix,
-                "entities": [list(e) for e in d.entities],
-                "reason": d.reason,
-                "sidecar": [[k, v] for k, v in d.sidecar],
-                "aslcontext": list(d.aslcontext),
-            },
-        }
-        for d in decisions
-    ]
-    Path(target).write_text(json.dumps(record, indent=1), encoding="utf-8")
-
-
-def full_stem(name: str, label: str, session: str) -> str:
-    """'anat/acq-x_T1w' → 'sub-01[/ses-1]/anat/sub-01[_ses-1]_acq-x_T1w'."""
-    datatype, _, rest = name.partition("/")
-    folder = f"sub-{label}" + (f"/ses-{session}" if session else "")
-    prefix = f"sub-{label}" + (f"_ses-{session}" if session else "")
-    return f"{folder}/{datatype}/{prefix}_{rest}"
-
-
-def _patch(sidecar: Path, fields: dict[str, Any], keep: bool = False) -> None:
+def patch(sidecar: Path, fields: dict[str, Any], *, keep: bool = False) -> None:
     """Set fields in a sidecar; with `keep`, only those it does not have yet."""
     if not sidecar.is_file() or not fields:
         return
     data = json.loads(sidecar.read_text(encoding="utf-8"))
-    data.update({k: v for k, v in fields.items() if not (keep and k in data)})
-    sidecar.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    new = {**data, **{k: v for k, v in fields.items() if not (keep and k in data)}}
+    if new != data:
+        rewrite(sidecar, (json.dumps(new, indent=2, ensure_ascii=False) + "\n").encode())
 
 
-def finish(bids: Path, label: str, session: str, entries: list[PlanEntry]) -> dict[str, str]:
-    """Sidecar fields, aslcontext.tsv and field-map links for one converted session.
-
-    Returns notes by series id: side products dcm2niix wrote beside a series' images (Philips'
-    ADC/trace volume, which heudiconv names `<stem>_heudiconvNNN_ADC`) are not data, and are
-    removed here with a note rather than published under an invalid name.
-    """
-    notes = _remove_side_products(bids, label, session, entries)
-    converted: list[tuple[Decision, list[str]]] = []
+def finish(
+    bids: Path, label: str, session: str, entries: Sequence[tuple[Decision, SeriesHeader]]
+) -> dict[str, str]:
+    """Sidecar fields, aslcontext.tsv and field-map links for one converted session; returns
+    notes by series key."""
+    notes: dict[str, str] = {}
+    converted: Converted = []
     for d, h in entries:
         stems = [
             s
-            for n in output_names(d, h)
-            if (bids / f"{(s := full_stem(n, label, session))}.nii.gz").is_file()
+            for _, name, _ in output_plan(d, h)
+            if name and (bids / f"{(s := full_stem(name, label, session))}.nii.gz").is_file()
         ]
         if not stems:
             continue
-        converted.append((d, stems))
+        converted.append((d, h, stems))
         for stem in stems:
-            _patch(bids / f"{stem}.json", dict(d.sidecar))
-            if "_part-phase_" in stem:  # BIDS requires it; dcm2niix keeps the scanner's values
-                _patch(bids / f"{stem}.json", {"Units": "arbitrary"}, keep=True)
+            sidecar = bids / f"{stem}.json"
+            patch(sidecar, dict(d.sidecar))
+            if d.entity("task"):
+                patch(sidecar, {"TaskName": d.entity("task")}, keep=True)
+            if "_part-phase_" in stem or stem.endswith(("_phasediff", "_phase1", "_phase2")):
+                # BIDS requires it; dcm2niix keeps the scanner's values, not radians
+                patch(sidecar, {"Units": "arbitrary"}, keep=True)
+            if stem.endswith("_fieldmap"):
+                patch(sidecar, {"Units": "Hz"})
+        if d.suffix == "bold" and _add_time_axis(bids / f"{stems[0]}.nii.gz"):
+            notes[d.key] = "a single volume (the run stopped early): written as a 4D series of 1"
         if d.suffix == "asl" and d.aslcontext:
             tsv = bids / f"{stems[0][: -len('_asl')]}_aslcontext.tsv"
             tsv.write_text("volume_type\n" + "".join(f"{c}\n" for c in d.aslcontext))
-    _link_fieldmaps(bids, label, converted)
+    _phasediff_echo_times(bids, converted)
+    _link_fieldmaps(bids, converted)
     return notes
 
 
-def _remove_side_products(
-    bids: Path, label: str, session: str, entries: list[PlanEntry]
-) -> dict[str, str]:
-    predicted = {
-        full_stem(n, label, session): d.series_id for d, h in entries for n in output_names(d, h)
-    }
-    notes: dict[str, str] = {}
-    removed: set[str] = set()
-    for stem, series_id in predicted.items():
-        for extra in sorted((bids / stem).parent.glob(f"{Path(stem).name}_*")):
-            if extra.name.split(".")[0] in {Path(p).name for p in predicted}:
-                continue
-            kind = extra.name.split(".")[0].rsplit("_", 1)[-1]
-            notes[series_id] = (
-                f"dcm2niix also wrote an image it calls {kind} (scanner-derived): not published"
-            )
-            removed.add(extra.relative_to(bids / stem.split("/")[0]).as_posix())
-            extra.unlink()
-    if removed:
-        for scans in bids.glob(f"sub-{label}/**/*_scans.tsv"):
-            base = scans.parent
-            lines = scans.read_text(encoding="utf-8").splitlines(keepends=True)
-            keep = [ln for ln in lines[1:] if (base / ln.split("\t", 1)[0]).exists()]
-            scans.write_text("".join(lines[:1] + keep), encoding="utf-8")
-    return notes
+def _add_time_axis(path: Path) -> bool:
+    """A 3D image whose suffix says time series gets a time axis of one (BIDS: bold is 4D)."""
+    with gzip.open(path, "rb") as fh:
+        data = bytearray(fh.read())
+    if len(data) < 348 or struct.unpack("<i", data[:4])[0] != 348:
+        return False
+    dim = list(struct.unpack("<8h", data[40:56]))
+    if dim[0] != 3:
+        return False
+    dim[0], dim[4] = 4, 1
+    data[40:56] = struct.pack("<8h", *dim)
+    rewrite(path, gzip.compress(bytes(data), compresslevel=6, mtime=0))
+    return True
 
 
-def _link_fieldmaps(bids: Path, label: str, converted: list[tuple[Decision, list[str]]]) -> None:
-    """Each field map acquisition gets an identifier; each target the nearest field map."""
-    groups: list[tuple[str, list[str], int]] = []  # identifier, stems, position
-    current: dict[str, int] = {}
-    for pos, (d, stems) in enumerate(converted):
-        if d.datatype != "fmap":
-            continue
-        kind = "pepolar" if d.suffix == "epi" else "phasediff"
-        key = f"{kind}/{d.entity('acq')}/{d.entity('run')}"
-        if key not in current:
-            n = sum(1 for g in groups if g[0].startswith(kind)) + 1
-            current[key] = len(groups)
-            groups.append((f"{kind}{d.entity('acq')}{n}", [], pos))
-        groups[current[key]][1].extend(stems)
-    if not groups:
+Converted = list[tuple[Decision, SeriesHeader, list[str]]]
+
+
+def _phasediff_echo_times(bids: Path, converted: Converted) -> None:
+    """A phase difference carries both echo times (its magnitudes' sidecars have them)."""
+    by_set: dict[str, list[str]] = {}
+    for d, _, stems in converted:
+        if d.fieldmap:
+            by_set.setdefault(d.fieldmap, []).extend(stems)
+    for stems in by_set.values():
+        mags = sorted(s for s in stems if s.rsplit("_", 1)[-1].startswith("magnitude"))
+        times = sorted(
+            {
+                float(json.loads((bids / f"{s}.json").read_text()).get("EchoTime", 0))
+                for s in mags
+                if (bids / f"{s}.json").is_file()
+            }
+            - {0.0}
+        )
+        for stem in (s for s in stems if s.endswith("_phasediff")):
+            if len(times) >= 2:
+                patch(bids / f"{stem}.json", {"EchoTime1": times[0], "EchoTime2": times[-1]})
+
+
+def _pe_axis(h: SeriesHeader) -> str:
+    return h.pe_direction[:1]
+
+
+def _link_fieldmaps(bids: Path, converted: Converted) -> None:
+    """Each complete field-map set gets its identifier; each image it can correct gets the
+    nearest set acquired before it (else the first): a GRE set corrects anything, an EPI set
+    images encoded along the same axis on the same grid."""
+    sets: dict[str, tuple[int, list[str], list[SeriesHeader]]] = {}
+    for pos, (d, h, stems) in enumerate(converted):
+        if d.datatype == "fmap" and d.fieldmap:
+            first, all_stems, headers = sets.get(d.fieldmap, (pos, [], []))
+            sets[d.fieldmap] = (first, [*all_stems, *stems], [*headers, h])
+    if not sets:
         return
-    intended: dict[int, list[str]] = {k: [] for k in range(len(groups))}
-    for pos, (d, stems) in enumerate(converted):
+    intended: dict[str, list[str]] = {k: [] for k in sets}
+    for pos, (d, h, stems) in enumerate(converted):
         if (d.datatype, d.suffix) not in _TARGETS:
             continue
-        before = [k for k, g in enumerate(groups) if g[2] < pos]
-        k = before[-1] if before else 0
+        usable = [
+            (first, ident)
+            for ident, (first, _, headers) in sets.items()
+            if not ident.startswith("pepolar") or any(_corrects(f, h) for f in headers)
+        ]
+        if not usable:
+            continue
+        before = [u for u in usable if u[0] < pos]
+        ident = (before[-1] if before else usable[0])[1]
         for stem in stems:
-            _patch(bids / f"{stem}.json", {"B0FieldSource": groups[k][0]})
-            intended[k].append(f"bids::{stem}.nii.gz")
-    for k, (identifier, stems, _) in enumerate(groups):
-        fields: dict[str, Any] = {"B0FieldIdentifier": identifier}
-        if intended[k]:
-            fields["IntendedFor"] = intended[k]
+            patch(bids / f"{stem}.json", {"B0FieldSource": ident})
+            intended[ident].append(f"bids::{stem}.nii.gz")
+    for ident, (_, stems, _) in sets.items():
+        fields: dict[str, Any] = {"B0FieldIdentifier": ident}
+        if intended[ident]:
+            fields["IntendedFor"] = intended[ident]
         for stem in stems:
-            _patch(bids / f"{stem}.json", fields)
+            patch(bids / f"{stem}.json", fields)
+
+
+def _corrects(fmap: SeriesHeader, target: SeriesHeader) -> bool:
+    same_grid = (fmap.dims[:2], fmap.orientation) == (target.dims[:2], target.orientation)
+    return bool(_pe_axis(fmap)) and _pe_axis(fmap) == _pe_axis(target) and same_grid

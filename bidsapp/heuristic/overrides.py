@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from bidsapp.errors import UsageError
-from bidsapp.heuristic.classify import DATATYPES, ENTITY_ORDER, SUFFIXES, Override, parse_bids_name
+from bidsapp.heuristic.classify import DATATYPES, ENTITY_ORDER, SUFFIXES
+from bidsapp.heuristic.plan import Override, parse_bids_name
 
 ENV = "BIDSAPP_OVERRIDES"
 _KEYS = {"number", "description", "skip", "bids", "sidecar", "aslcontext"}

@@ -16,7 +16,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bidsapp.errors import LocalIOError
-from bidsapp.pipeline.convert import SeriesRow, load_heuristic, survey
+from bidsapp.heuristic.loader import load_heuristic
+from bidsapp.pipeline.convert import survey
+from bidsapp.pipeline.series import SeriesRow
 from bidsapp.pipeline.stage import stage
 from bidsapp.pipeline.subjects import from_folder_names, read_map, select
 from bidsapp.privacy.phi import Identifiers

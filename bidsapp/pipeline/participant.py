@@ -23,8 +23,9 @@ from loguru import logger
 
 from bidsapp import logs
 from bidsapp.errors import BidsAppError, GateFailed, LocalIOError
+from bidsapp.heuristic.loader import Heuristic
 from bidsapp.pipeline import preempt
-from bidsapp.pipeline.convert import Heuristic, convert
+from bidsapp.pipeline.convert import convert
 from bidsapp.pipeline.gate import GateReport, recheck, run_gate
 from bidsapp.pipeline.publish import Target, publish, published_manifest, repair
 from bidsapp.pipeline.stage import StagedExam, stage

@@ -27,6 +27,7 @@ from pydicom.tag import BaseTag
 from pydicom.valuerep import VR
 
 from bidsapp.errors import BadInputData
+from bidsapp.heuristic.headers import ENHANCED_CLASSES, FileRecord, record
 from bidsapp.stores import Store
 
 DICOMDIR_UID = "1.2.840.10008.1.3.10"
@@ -71,6 +72,7 @@ class Study:
     started: str  # StudyDate+StudyTime, for acquisition order
     folder: Path
     files: int = 0
+    records: list[FileRecord] = field(default_factory=list)  # each file's, in file-name order
 
 
 @dataclass
@@ -107,7 +109,7 @@ def stage(store: Store, exam: str, work: Path) -> StagedExam:
 
     result = StagedExam(studies=[], bytes=total_bytes)
     files = list(_expand(pending, download, 0, result))
-    by_study: dict[str, list[Path]] = {}
+    by_study: dict[str, list[tuple[Path, FileRecord]]] = {}
     started: dict[str, str] = {}
     seen_headers: set[tuple[str, ...]] = set()
     for (rel, path), info in zip(files, _inspect_all([p for _, p in files]), strict=True):
@@ -116,7 +118,7 @@ def stage(store: Store, exam: str, work: Path) -> StagedExam:
             path.unlink()
             continue
         result.repaired_dates += info.repaired
-        by_study.setdefault(info.study_uid, []).append(path)
+        by_study.setdefault(info.study_uid, []).append((path, info.record))
         previous = started.get(info.study_uid, info.started)
         started[info.study_uid] = min(previous or info.started, info.started)
         key = tuple(str(v) for v in info.phi.values())
@@ -134,10 +136,12 @@ def stage(store: Store, exam: str, work: Path) -> StagedExam:
     for k, uid in enumerate(sorted(by_study, key=lambda u: (started[u], u)), start=1):
         folder = dicom / f"study-{k}"
         folder.mkdir(parents=True, exist_ok=True)
-        for n, path in enumerate(sorted(by_study[uid]), start=1):
+        staged = sorted(by_study[uid], key=lambda p: p[0])
+        for n, (path, _) in enumerate(staged, start=1):
             path.rename(folder / f"{n:06d}.dcm")
-        result.studies.append(Study(uid, started[uid], folder, len(by_study[uid])))
-        result.files += len(by_study[uid])
+        records = [r for _, r in staged]
+        result.studies.append(Study(uid, started[uid], folder, len(staged), records))
+        result.files += len(staged)
     return result
 
 
@@ -150,6 +154,7 @@ class _Inspected:
     phi: dict[str, Any]
     demographics: dict[str, str]
     repaired: bool
+    record: FileRecord
 
 
 def _inspect_all(paths: list[Path]) -> list[_Inspected | str]:
@@ -174,6 +179,11 @@ def _inspect(path: Path) -> _Inspected | str:
             full = pydicom.dcmread(path, force=True)
             _repair_dates(full)
             full.save_as(path)
+    if str(ds.get("SOPClassUID", "")) in ENHANCED_CLASSES:
+        # enhanced DICOM keeps what the classifier needs in its per-frame groups
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
     return _Inspected(
         study_uid=str(ds.get("StudyInstanceUID", "")),
         started=f"{ds.get('StudyDate', '') or ''}{ds.get('StudyTime', '') or ''}",
@@ -183,6 +193,7 @@ def _inspect(path: Path) -> _Inspected | str:
             "sex": str(ds.get("PatientSex", "") or ""),
         },
         repaired=repaired,
+        record=record(ds),
     )
 
 

@@ -41,6 +41,10 @@ class Patient:
     accession: str = ""
 
 
+# A tag: a keyword, or a vendor's private tag as (group, element offset, private creator, VR).
+Tag = str | tuple[int, int, str, str]
+
+
 @dataclass(frozen=True)
 class Series:
     """One series: protocol name and image kind (a key of `_KINDS`, e.g. "t1w" or "bold").
@@ -54,9 +58,14 @@ class Series:
     kind: str
     description: str | None = None
     image_comments: str = ""
-    tags: tuple[tuple[str, object], ...] = ()
+    tags: tuple[tuple[Tag, object], ...] = ()
     phase_positive: bool | None = None
     acquisition: int = 0
+    stacks: tuple[tuple[tuple[Tag, object], ...], ...] = ()
+    """Per stack of slices, the tags that differ (an echo, magnitude or phase, a b-value): when
+    given, the series is these stacks instead of the kind's volumes."""
+    tilt: float = 0.0
+    """Degrees the slice stack is tilted about the left-right axis (another grid)."""
 
 
 DEFAULT_SERIES: tuple[Series, ...] = (
@@ -263,6 +272,23 @@ _KINDS.update(
             MRAcquisitionType="2D", EchoTime=100, FlipAngle=125,
             ImageType=_type("ORIGINAL\\PRIMARY\\OTHER"), InPlanePhaseEncodingDirection="COL",
         ),
+        # field maps and diffusion: their stacks (echoes, magnitude/phase, field, b-values)
+        # are set per series (Series.stacks)
+        "siemens_gre_fieldmap": _small(
+            1, 500, 250, 600, ScanningSequence="GR", SequenceVariant="SP",
+            SequenceName="*fm2d2r", MRAcquisitionType="2D", EchoTime=4.92, FlipAngle=60,
+            ImageType=_type("ORIGINAL\\PRIMARY\\M\\ND"), InPlanePhaseEncodingDirection="ROW",
+        ),
+        "ge_b0map": _small(
+            1, 500, 250, 700, ScanningSequence="GR", SequenceVariant="SS",
+            MRAcquisitionType="2D", EchoTime=3.0, FlipAngle=30,
+            ImageType=_type("ORIGINAL\\PRIMARY\\OTHER"), InPlanePhaseEncodingDirection="COL",
+        ),
+        "ge_dwi": _small(
+            1, 800, 250, 8000, ScanningSequence=["EP", "SE"], SequenceVariant="SK",
+            MRAcquisitionType="2D", EchoTime=80, FlipAngle=90,
+            ImageType=_type("ORIGINAL\\PRIMARY\\OTHER"), InPlanePhaseEncodingDirection="COL",
+        ),
     }
 )  # fmt: skip
 
@@ -287,6 +313,34 @@ class Exam:
 
 def _it(text: str) -> tuple[tuple[str, object], ...]:
     return (("ImageType", _type(text)),)
+
+
+# GE's B0 map: the pulse sequence name says so, and each file holds both the field (first
+# stack) and the magnitude, so GE's count of slice locations is half the images.
+_GE_ACQ, _GE_REL = "GEMS_ACQU_01", "GEMS_RELA_01"
+_GE_B0MAP: tuple[tuple[Tag, object], ...] = (
+    ((0x0019, 0x9C, _GE_ACQ, "LO"), "b0map"),
+    ((0x0019, 0x9E, _GE_ACQ, "LO"), "B0map"),
+    ((0x0021, 0x4F, _GE_REL, "SS"), 8),
+    ("ImagesInAcquisition", 16),
+)
+_PHASE = (*_it("ORIGINAL\\PRIMARY\\P\\ND"), ("EchoTime", 7.38), ("EchoNumbers", 2))
+_MAGNITUDES = ((("EchoTime", 4.92), ("EchoNumbers", 1)), (("EchoTime", 7.38), ("EchoNumbers", 2)))
+
+
+def _ge_diffusion(volumes: int) -> tuple[tuple[tuple[Tag, object], ...], ...]:
+    """b=0 then b=1000 along spread directions, in GE's private tags only."""
+    stacks = []
+    for n in range(volumes):
+        b = 0 if n == 0 else 1000
+        x, y, z = (0.0, 0.0, 0.0) if n == 0 else np.roll((1.0, 0.5 * n % 1, 0.0), n)
+        stacks.append((
+            ((0x0043, 0x39, "GEMS_PARM_01", "IS"), [b, 8, 0, 0]),
+            ((0x0019, 0xBB, _GE_ACQ, "DS"), float(x)),
+            ((0x0019, 0xBC, _GE_ACQ, "DS"), float(y)),
+            ((0x0019, 0xBD, _GE_ACQ, "DS"), float(z)),
+        ))  # fmt: skip
+    return tuple(stacks)
 
 
 EXAMS: dict[str, Exam] = {
@@ -318,6 +372,47 @@ EXAMS: dict[str, Exam] = {
         Series("Sag CUBE FLAIR", "ge_cube_flair"),
         Series("Ax T2 FRFSE", "ge_frfse"),
     )),
+    # GE: a B0 map (dcm2niix writes its magnitude and the field in Hz) and a DWI whose
+    # b-values and directions are only in GE's private tags, under an uninformative name
+    "ge_b0map_dwi": Exam("ge", (
+        Series("Ax B0 map", "ge_b0map", tags=_GE_B0MAP,
+               stacks=(_it("DERIVED\\PRIMARY\\OTHER"), _it("ORIGINAL\\PRIMARY\\OTHER"))),
+        Series("Ax seq 7", "ge_dwi", phase_positive=True, stacks=_ge_diffusion(6)),
+        Series("Sag BRAVO", "ge_bravo"),
+    )),
+    # Philips: a B0 map (magnitude + field in Hz) and a two-echo GRE field map that stores
+    # magnitude and phase for each echo in one series
+    "philips_fieldmaps": Exam("philips", (
+        Series("B0 map", "philips_ffe", stacks=(
+            (*_it("ORIGINAL\\PRIMARY\\M_FFE\\M\\FFE"), ("ComplexImageComponent", "MAGNITUDE")),
+            (*_it("ORIGINAL\\PRIMARY\\B0 MAP\\B0\\UNSPECIFIED"), ("ComplexImageComponent", "REAL")),
+        )),
+        Series("fMRI Field Mapping", "philips_ffe", stacks=tuple(
+            (*_it(f"ORIGINAL\\PRIMARY\\{kind}\\{part}\\FFE"), ("EchoTime", te), ("EchoNumbers", n))
+            for n, te in ((1, 2.3), (2, 4.6))
+            for kind, part in (("M_FFE", "M"), ("PHASE MAP", "P"))
+        )),
+        Series("T1 3D TFE", "philips_tfe"),
+    )),
+    # Siemens: two GRE field maps, each a magnitude series (two echoes) and a phase-difference
+    # series of the same acquisition; the scanner numbered each phase series before its
+    # magnitudes, and the second set sits on another grid. A BOLD run follows each.
+    "siemens_two_gre_sets": Exam("siemens", (
+        Series("gre_field_mapping", "siemens_gre_fieldmap", tags=_PHASE, acquisition=2),
+        Series("gre_field_mapping", "siemens_gre_fieldmap", stacks=_MAGNITUDES),
+        Series("rfMRI_REST_AP", "siemens_bold", phase_positive=True),
+        Series("gre_field_mapping", "siemens_gre_fieldmap", tags=_PHASE, acquisition=5,
+               tilt=15.0),
+        Series("gre_field_mapping", "siemens_gre_fieldmap", stacks=_MAGNITUDES, tilt=15.0),
+        Series("tfMRI_MOTOR_AP", "siemens_bold", phase_positive=True),
+    )),
+    # Siemens: single-volume EPIs in opposite phase-encoding directions named for nothing in
+    # particular, then a BOLD run: a PEPOLAR field map pair that corrects it
+    "siemens_pepolar_singles": Exam("siemens", (
+        Series("ep2d_1vol_AP", "siemens_se_epi", phase_positive=True, stacks=((),)),
+        Series("ep2d_1vol_PA", "siemens_se_epi", phase_positive=False, stacks=((),)),
+        Series("rfMRI_REST_AP", "siemens_bold", phase_positive=True),
+    )),
     # HCP-style: a spin-echo EPI field map pair (AP, PA) and a resting BOLD with its SBRef
     "siemens_bold_se_epi": Exam("siemens", (
         Series("SpinEchoFieldMap_AP", "siemens_se_epi", phase_positive=True),
@@ -339,6 +434,26 @@ def _csa(fields: Mapping[str, str]) -> bytes:
         out.append(data + b"\0" * (-len(data) % 4))
         out.append(struct.pack("<iiii", 0, 0, 77, 0) * 5)
     return b"".join(out)
+
+
+def _tilted(sl: _Slice, degrees: float) -> _Slice:
+    """The slice rotated about the left-right (x) axis through the isocentre."""
+    if not degrees:
+        return sl
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+
+    def turn(v: _Vec) -> _Vec:
+        return (v[0], round(c * v[1] - s * v[2], 6), round(s * v[1] + c * v[2], 6))
+
+    return _Slice(turn(sl.row_dir), turn(sl.col_dir), turn(sl.position))
+
+
+def _set(ds: Dataset, key: Tag, value: object) -> None:
+    if isinstance(key, str):
+        setattr(ds, key, value)
+        return
+    group, offset, creator, vr = key
+    ds.private_block(group, creator, create=True).add_new(offset, vr, value)
 
 
 def _write_polarity(ds: Dataset, manufacturer: str, positive: bool) -> None:
@@ -484,20 +599,21 @@ def write_session(
             sds.ProtocolName = spec.protocol
             sds.ImageComments = spec.image_comments
             sds.RepetitionTime = kind.tr_ms
-            for key, value in (*kind.tags.items(), *spec.tags):
-                setattr(sds, key, value)
+            for tag, value in (*kind.tags.items(), *spec.tags):
+                _set(sds, tag, value)
             if spec.phase_positive is not None:
                 _write_polarity(sds, str(sds.Manufacturer), spec.phase_positive)
             sds.SliceThickness = geom.thickness
             sds.PixelSpacing = [geom.spacing, geom.spacing]
             sds.Rows = sds.Columns = geom.size
-            if kind.volumes > 1:
-                sds.NumberOfTemporalPositions = kind.volumes
+            volumes = len(spec.stacks) or kind.volumes
+            if volumes > 1 and not spec.stacks:
+                sds.NumberOfTemporalPositions = volumes
             nslices = len(geom.slices)
-            for vol in range(kind.volumes):
+            for vol in range(volumes):
                 # 2D EPI: slices acquired one after another within each TR
-                slice_dt = kind.tr_ms / 1000 / nslices if kind.volumes > 1 else 0.0
-                for k, sl in enumerate(geom.slices):
+                slice_dt = kind.tr_ms / 1000 / nslices if volumes > 1 else 0.0
+                for k, sl in enumerate(_tilted(s, spec.tilt) for s in geom.slices):
                     instance = vol * nslices + k + 1
                     acq = acquired + timedelta(seconds=vol * kind.tr_ms / 1000 + k * slice_dt)
                     ds = copy.deepcopy(sds)
@@ -510,8 +626,10 @@ def write_session(
                     )
                     ds.InstanceNumber = instance
                     ds.AcquisitionNumber = vol + 1
-                    if kind.volumes > 1:
+                    if volumes > 1 and not spec.stacks:
                         ds.TemporalPositionIdentifier = vol + 1
+                    for tag, value in spec.stacks[vol] if spec.stacks else ():
+                        _set(ds, tag, value)
                     ds.ImageOrientationPatient = [*sl.row_dir, *sl.col_dir]
                     ds.ImagePositionPatient = [round(v, 4) for v in sl.position]
                     normal = np.cross(sl.row_dir, sl.col_dir)
