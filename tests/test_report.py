@@ -91,7 +91,8 @@ def make_gate(bids: Path, label: str = "01") -> dict[str, Any]:
             | {"note": NOTE},
             {**row, "series_id": "3-func-bold", "description": "func-bold_task-rest"}
             | {"dims": "32x32x12x6", "tr": "2.0", "files": 72}
-            | {"outputs": [f"sub-{label}/func/sub-{label}_task-rest_bold"]},
+            | {"outputs": [f"sub-{label}/func/sub-{label}_task-rest_bold"]}
+            | {"guess": "dcm2niix guesses dwi/FA"},
         ],
         "skipped_files": [{"file": "01/broken.dcm", "reason": "not DICOM"}],
         "validator": {"errors": 0, "warnings": 3},
@@ -233,6 +234,10 @@ def test_series_table_findings_and_timings(built: Built) -> None:
     note = html_escape(NOTE)
     assert f'sub-01_T1w</code></a><br><span class="muted">{note}</span>' in text
     assert 'href="#img-sub-01_T1w"' in text and 'id="img-sub-01_T1w"' in text
+    # a name dcm2niix guesses otherwise is listed before the table, and under its file
+    first = "Check these first: named otherwise than dcm2niix guesses: 3-func-bold"
+    assert text.index(first) < text.index("not selected by the heuristic")
+    assert 'bold</code></a><br><span class="reason">dcm2niix guesses dwi/FA</span>' in text
     assert "01/broken.dcm" in text and "not DICOM" in text
     # grouped: one row per code, with its count and the first location as the example
     assert text.count("<code>SIDECAR_KEY_RECOMMENDED</code>") == 1

@@ -347,6 +347,8 @@ def _series_section(gate: dict[str, Any], anchors: dict[str, str]) -> str:
         result = "<br>".join(outputs) or f'<span class="reason">{esc(s.get("reason", ""))}</span>'
         if s.get("note"):  # e.g. a side product dcm2niix wrote and bidsapp did not publish
             result += f'<br><span class="muted">{esc(s["note"])}</span>'
+        if s.get("guess"):  # dcm2niix's BidsGuess differs: a name for the curator to check
+            result += f'<br><span class="reason">{esc(s["guess"])}</span>'
         # heudiconv writes image types as a Python tuple: show just the words
         image_type = re.sub(r"[()\[\]']", "", str(s.get("image_type", "")))
         rows.append(
@@ -359,6 +361,13 @@ def _series_section(gate: dict[str, Any], anchors: dict[str, str]) -> str:
     if not any(s.get("session") for s in gate.get("series") or []):
         head, rows = head[1:], [r[1:] for r in rows]
     text = table([*head, "BIDS file or reason"], rows) if rows else "<p>No series recorded.</p>"
+    doubtful = [s for s in gate.get("series") or [] if s.get("guess")]
+    if doubtful:
+        listed = ", ".join(f"{esc(s.get('series_id', ''))} ({esc(s['guess'])})" for s in doubtful)
+        text = (
+            f'<p class="reason">Check these first: named otherwise than dcm2niix guesses: '
+            f"{listed}.</p>" + text
+        )
     skipped = gate.get("skipped_files") or []
     if skipped:
         text += f"<h3>Files not converted ({len(skipped)})</h3>" + table(
