@@ -133,6 +133,12 @@ def bids_app_parser() -> Parser:
     conv.add_argument("--force", action="store_true", help="reconvert even if nothing changed")
     conv.add_argument("--dry-run", action="store_true", help="read listings only; write nothing")
     conv.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail a subject when any series fails BIDS validation (default: publish the rest "
+        "and list the series set aside)",
+    )
+    conv.add_argument(
         "--participant-fields",
         type=_fields,
         default=(),
@@ -250,6 +256,7 @@ def run_bids_app(argv: Sequence[str]) -> int:
         overrides=args.overrides.absolute() if args.overrides else None,
         force=args.force,
         dry_run=args.dry_run,
+        strict=args.strict,
         participant_fields=args.participant_fields,
         deid_profile=args.deid,
         dates=args.dates,

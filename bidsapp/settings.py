@@ -46,6 +46,8 @@ class Settings:
     """Reconvert even when the published manifest says nothing changed."""
     dry_run: bool = False
     """Read listings (and at most DICOM headers); write nothing."""
+    strict: bool = False
+    """Fail the subject when any series fails validation (default: set that series aside)."""
     participant_fields: tuple[str, ...] = ()
     """Demographic fields the user opts into for participants.tsv (age, sex)."""
 

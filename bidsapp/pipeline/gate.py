@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bidsapp.pipeline.setaside import owners, set_aside
 from bidsapp.privacy.phi import Identifiers, scan_tree
 from bidsapp.tools import ToolFailed, run
 
@@ -47,6 +48,7 @@ class GateReport:
     missing_expected: list[str] = field(default_factory=list)
     deid: dict[str, Any] = field(default_factory=dict)
     phi: dict[str, Any] = field(default_factory=dict)
+    set_aside: list[dict[str, Any]] = field(default_factory=list)  # series taken out, and why
 
     def to_json(self, ids: Identifiers | None) -> str:
         """The report as JSON, passed once more through redaction (descriptions can hold PHI)."""
@@ -102,34 +104,42 @@ def run_gate(
     ids: Identifiers,
     expected: tuple[str, ...],
     work: Path,
+    strict: bool = False,
 ) -> GateReport:
-    """Fill in the report and decide; the caller publishes only when `passed`."""
-    nifti = [f for f in report.converted_files if f.endswith((".nii", ".nii.gz"))]
-    if not nifti:
-        report.failure, report.exit_code = "nothing converted", 65
+    """Fill in the report and decide; the caller publishes only when `passed`.
+
+    Unless `strict`, a series the validator finds errors in is set aside (setaside.py) and the
+    rest is validated again; the subject fails only when nothing valid remains.
+    """
     subject_dir = bids_root / f"sub-{report.subject}"
+    if subject_dir.is_dir():
+        _validate_subject(report, bids_root, work)
+        errors = [(f.code, f.location) for f in report.findings if f.severity == "error"]
+        if errors and not strict and report.validator.get("errors"):
+            against, orphans = owners(report.series, errors)
+            if against and not orphans:
+                taken = set_aside(bids_root, report.subject, report.series, against)
+                report.set_aside = [asdict(s) for s in taken]
+                report.converted_files = sorted(
+                    p.relative_to(bids_root).as_posix() for p in bids_root.rglob("*") if p.is_file()
+                )
+                _validate_subject(report, bids_root, work)
+    if report.validator.get("crashed"):
+        report.failure, report.exit_code = "validator could not run", 16
+    elif report.validator.get("errors"):
+        report.failure, report.exit_code = "validation", 16
+    nifti = [f for f in report.converted_files if f.endswith((".nii", ".nii.gz"))]
+    if not nifti and report.set_aside:
+        report.failure, report.exit_code = "every converted series fails validation", 16
+    elif not nifti:
+        report.failure, report.exit_code = "nothing converted", 65
     for pattern in expected:
         if not any(
             fnmatch.fnmatch(f, f"sub-{report.subject}/{pattern}") for f in report.converted_files
         ):
             report.missing_expected.append(pattern)
-    if report.missing_expected and not report.failure:
+    if report.missing_expected and report.failure in ("", "validation"):
         report.failure, report.exit_code = "expected series missing", 65
-
-    if subject_dir.is_dir():
-        dataset = wrap_subject(bids_root, report.subject, work / "gate" / "dataset")
-        try:
-            findings, summary = validate(dataset, work / "gate" / "validator.json")
-            report.findings = findings
-            errors = sum(f.severity == "error" for f in findings)
-            warnings = sum(f.severity == "warning" for f in findings)
-            report.validator = {"errors": errors, "warnings": warnings, "summary": summary}
-            if errors and not report.failure:
-                report.failure, report.exit_code = "validation", 16
-        except (ToolFailed, json.JSONDecodeError, OSError) as exc:
-            report.validator = {"errors": None, "crashed": str(exc)[:500]}
-            if not report.failure:
-                report.failure, report.exit_code = "validator could not run", 16
 
     roots = [root for root in (bids_root, derivatives, sourcedata) if root.is_dir()]
     hits = [hit for root in roots for hit in scan_tree(root, ids)]
@@ -138,6 +148,21 @@ def run_gate(
         report.failure, report.exit_code = "patient data found", 65
     report.passed = not report.failure
     return report
+
+
+def _validate_subject(report: GateReport, bids_root: Path, work: Path) -> None:
+    """The validator on the subject alone (wrapped in a minimal dataset)."""
+    dataset = wrap_subject(bids_root, report.subject, work / "gate" / "dataset")
+    try:
+        findings, summary = validate(dataset, work / "gate" / "validator.json")
+    except (ToolFailed, json.JSONDecodeError, OSError) as exc:
+        report.findings = []
+        report.validator = {"errors": None, "crashed": str(exc)[:500]}
+        return
+    report.findings = findings
+    errors = sum(f.severity == "error" for f in findings)
+    warnings = sum(f.severity == "warning" for f in findings)
+    report.validator = {"errors": errors, "warnings": warnings, "summary": summary}
 
 
 def recheck(report: GateReport, derivatives: Path, ids: Identifiers) -> None:

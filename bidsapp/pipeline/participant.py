@@ -232,6 +232,7 @@ class Job:
             "versions": versions(),
             "options": _options(settings),
             "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "set_aside": [s["series_id"] for s in report.set_aside],
         }
         with self.output.lock(f"sub-{subject.label}"):
             repair(self.output, self.target)
@@ -262,6 +263,7 @@ class Job:
         self.log.info("published and up to date: nothing to do")
         if not self.settings.dry_run:
             self.status.exit_code = 0
+            self.status.set_aside = len(manifest.get("set_aside") or [])
             self.status.save(self.output, "skipped")
         return True
 
@@ -309,7 +311,18 @@ class Job:
             ids=self.ids,
             expected=self.heuristic.expected,
             work=work,
+            strict=self.settings.strict,
         )
+        if report.set_aside:
+            self.status.set_aside = len(report.set_aside)
+            names = ", ".join(
+                f"{s['series_id']} ({', '.join(s['codes'])})" for s in report.set_aside
+            )
+            self.log.warning(
+                "{} series set aside, not published: {} fail BIDS validation (see gate.json)",
+                len(report.set_aside),
+                self.ids.redact(names),
+            )
         dest = deriv / self.target.data
         if report.passed:
             write_subject_report(

@@ -28,6 +28,7 @@ class StatusRecord:
     exit_code: int | None = None
     error_class: str = ""
     retryable: bool = False
+    set_aside: int = 0  # series left out of the publication for failing validation
     timings: dict[str, float] = field(default_factory=dict)
     updated: float = 0.0
 
@@ -93,5 +94,7 @@ def print_status(store: Store, subject_map: Path | None, *, as_json: bool) -> in
         ses = f"ses-{r['session']}" if r["session"] else "-"
         code = "-" if r["exit_code"] is None else r["exit_code"]
         error = r["error_class"] + (" (retryable)" if r["retryable"] else "")
+        if r.get("set_aside"):
+            error = f"{r['set_aside']} series set aside (validation)"
         print(f"sub-{r['label']}\t{ses}\t{r['state']}\t{code}\t{error}")
     return 0
