@@ -133,6 +133,11 @@ def bids_app_parser() -> Parser:
     conv.add_argument("--force", action="store_true", help="reconvert even if nothing changed")
     conv.add_argument("--dry-run", action="store_true", help="read listings only; write nothing")
     conv.add_argument(
+        "--verify",
+        action="store_true",
+        help="read every published file back (md5) before calling a subject up to date",
+    )
+    conv.add_argument(
         "--strict",
         action="store_true",
         help="fail a subject when any series fails BIDS validation (default: publish the rest "
@@ -257,6 +262,7 @@ def run_bids_app(argv: Sequence[str]) -> int:
         force=args.force,
         dry_run=args.dry_run,
         strict=args.strict,
+        verify=args.verify,
         participant_fields=args.participant_fields,
         deid_profile=args.deid,
         dates=args.dates,
@@ -305,11 +311,14 @@ def cmd_status(argv: Sequence[str]) -> int:
         "--subject-map", type=Path, metavar="TSV", help="also list subjects that never ran"
     )
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--verify", action="store_true", help="read every published file back (md5)"
+    )
     parser.add_argument("--credentials", type=_file, metavar="JSON", help="for a Drive OUTPUT")
     args = parser.parse_args(argv)
     settings = _credentials_settings("", args.output, args.credentials)
     store = open_store(args.output, settings=settings)
-    return print_status(store, args.subject_map, as_json=args.json)
+    return print_status(store, args.subject_map, as_json=args.json, deep=args.verify)
 
 
 # Settings the scripts give every task themselves (by dest): options after '--' may not change

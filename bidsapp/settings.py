@@ -46,6 +46,9 @@ class Settings:
     """Reconvert even when the published manifest says nothing changed."""
     dry_run: bool = False
     """Read listings (and at most DICOM headers); write nothing."""
+    verify: bool = False
+    """Check every published file's md5 before deciding a subject is up to date (default: its
+    size and modification time, or Drive's md5, without reading it)."""
     strict: bool = False
     """Fail the subject when any series fails validation (default: set that series aside)."""
     participant_fields: tuple[str, ...] = ()

@@ -16,7 +16,7 @@ import pytest
 from bidsapp_sandbox.exams import EXAMS, write_session
 from nipype.interfaces.dcm2nii import Dcm2niix
 
-from bidsapp.heuristic.dcm2niix_shim import SHIM_DIR, environment, mend
+from bidsapp.heuristic.dcm2niix_shim import SHIM_DIR, environment
 
 DCM2NIIX = str(Path(sys.executable).parent / "dcm2niix")
 WARNING = b"Warning: Unable to distinguish Philips fieldmaps: phase difference, two phase/magnitude, direct fieldmapping."  # noqa: E501
@@ -37,8 +37,17 @@ WARNING = b"Warning: Unable to distinguish Philips fieldmaps: phase difference, 
         (b"Compress: pigz /o/Convert 2 DICOM.nii\n", b"Compress: pigz /o/Convert 2 DICOM.nii\n"),
     ],
 )  # fmt: skip
-def test_mend_starts_each_convert_message_on_its_own_line(line: bytes, mended: bytes) -> None:
-    assert mend(line) == mended
+def test_the_shim_starts_each_convert_message_on_its_own_line(
+    tmp_path: Path, line: bytes, mended: bytes
+) -> None:
+    # a stand-in "dcm2niix" that prints the line as the real one did
+    (tmp_path / "said").write_bytes(line)
+    fake = tmp_path / "fake-dcm2niix"
+    fake.write_text(f"#!/bin/sh\ncat {tmp_path / 'said'}\nexit 3\n")
+    fake.chmod(0o755)
+    env = {**os.environ, **environment(str(fake), os.environ["PATH"])}
+    done = subprocess.run([SHIM_DIR / "dcm2niix", "-x"], env=env, capture_output=True)
+    assert done.stdout == mended and done.returncode == 3
 
 
 def _digests(folder: Path) -> dict[str, str]:

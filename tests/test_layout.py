@@ -2,7 +2,7 @@
 
 The layers, lowest first; a module may import from its own layer and the ones below it:
 
-    base       bidsapp/{__init__,errors,settings,logs,tools}.py
+    base       bidsapp/{__init__,errors,settings,logs,tools,timing}.py
     stores     where data lives (local folders, Google Drive) and the pacer
     privacy    identifiers, de-identification, the PHI scan
     heuristic  header summaries, the classifier, overrides, finishing sidecars
@@ -23,7 +23,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 LAYERS = ("base", "stores", "privacy", "heuristic", "heuristics", "report", "pipeline", "batch")
-BASE = {"bidsapp", "bidsapp.errors", "bidsapp.settings", "bidsapp.logs", "bidsapp.tools"}
+BASE = {
+    "bidsapp",
+    "bidsapp.errors",
+    "bidsapp.settings",
+    "bidsapp.logs",
+    "bidsapp.tools",
+    "bidsapp.timing",
+}
 
 
 def runtime_modules() -> dict[str, Path]:

@@ -400,3 +400,45 @@ def test_sourcedata_part_is_published_and_a_stale_copy_removed(tmp_path: Path) -
     publish(store, target, {"data": data, "deriv": deriv}, second)
     assert not (out / "sourcedata/sub-01").exists(), "a copy no longer asked for is removed"
     _assert_no_leftovers(out)
+
+
+class _CountingStore(LocalStore):
+    """The local store, counting whole-file reads (md5) to show what knowing costs."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.hashed = 0
+
+    def md5(self, path: str) -> str:
+        self.hashed += 1
+        return super().md5(path)
+
+
+def test_knowing_what_is_published_reads_no_published_byte(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    target = Target("01")
+    _publish(out, target, "new", tmp_path)
+    store = _CountingStore(out)
+    assert published_manifest(store, target) is not None
+    assert store.hashed == 0  # sizes and modification times only
+    assert published_manifest(store, target, deep=True) is not None  # --verify
+    assert store.hashed == len(_expected(target, "new"))
+
+
+def test_only_verify_sees_a_change_that_kept_size_and_time(tmp_path: Path) -> None:
+    # the one change a key of size and modification time cannot see: same size, time put back
+    out = tmp_path / "out"
+    out.mkdir()
+    target = Target("01")
+    _publish(out, target, "new", tmp_path)
+    store = LocalStore(out)
+    manifest = read_manifest(store, target)
+    assert manifest is not None
+    victim = out / manifest["files"][0]["path"]
+    stat = victim.stat()
+    data = victim.read_bytes()
+    victim.write_bytes(bytes(b ^ 0xFF for b in data))
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert verify(store, manifest) is True
+    assert verify(store, manifest, deep=True) is False

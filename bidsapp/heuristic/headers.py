@@ -285,6 +285,12 @@ def summarize(
     )
 
 
+def series_key(r: FileRecord) -> str:
+    """The series a file belongs to in a plan (SeriesHeader.key): its UID, and for non-image
+    files that share the UID of images (Philips' raw data, exam cards) their SOP class too."""
+    return r.series_uid if "Image Storage" in r.sop_class else f"{r.series_uid}/{r.sop_class}"
+
+
 def summaries(
     records: Iterable[FileRecord], outputs: dict[str, list[tuple[Output, dict[str, Any]]]]
 ) -> list[SeriesHeader]:
@@ -295,8 +301,7 @@ def summaries(
     """
     by_uid: dict[str, list[FileRecord]] = {}
     for r in records:
-        key = r.series_uid if "Image Storage" in r.sop_class else f"{r.series_uid}/{r.sop_class}"
-        by_uid.setdefault(key, []).append(r)
+        by_uid.setdefault(series_key(r), []).append(r)
     return [
         replace(summarize(rs, outputs.get(key, [])), series_uid=key) for key, rs in by_uid.items()
     ]

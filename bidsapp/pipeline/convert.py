@@ -17,15 +17,24 @@ import json
 import re
 import shutil
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
-from bidsapp.errors import BadInputData
+from bidsapp.errors import BadInputData, LocalIOError
 from bidsapp.heuristic.base import PLAN_ENV
 from bidsapp.heuristic.classify import Decision
 from bidsapp.heuristic.dcm2niix_shim import environment as dcm2niix_shim_env
 from bidsapp.heuristic.finish import finish
-from bidsapp.heuristic.headers import SeriesHeader, summaries, write_summaries
+from bidsapp.heuristic.headers import (
+    SeriesHeader,
+    series_id,
+    series_key,
+    summaries,
+    write_summaries,
+)
 from bidsapp.heuristic.loader import Heuristic
 from bidsapp.heuristic.overrides import ENV as OVERRIDES_ENV
 from bidsapp.heuristic.overrides import dump as dump_overrides
@@ -34,9 +43,11 @@ from bidsapp.heuristic.settle import settle
 from bidsapp.pipeline.series import SeriesRow, heudiconv_table, plan_table
 from bidsapp.pipeline.stage import StagedExam, Study
 from bidsapp.pipeline.subjects import Subject
+from bidsapp.timing import Timings
 from bidsapp.tools import ToolFailed, run, tool_env, which
 
 HEUDICONV_TIMEOUT = 6 * 3600.0
+T = TypeVar("T")
 
 
 @dataclass
@@ -89,28 +100,33 @@ class Evidence:
 
     headers: list[SeriesHeader]
     prepass: Path
-    files: dict[str, list[Path]] = field(default_factory=dict)  # series key → staged files
+
+
+def series_files(unit: Unit) -> dict[str, list[Path]]:
+    """The staged files of each series of the unit, by series key (known from staging)."""
+    files: dict[str, list[Path]] = {}
+    for study in unit.studies:
+        paths = sorted(p for p in study.folder.iterdir() if p.is_file())
+        for path, rec in zip(paths, study.records, strict=True):
+            files.setdefault(series_key(rec), []).append(path)
+    return files
 
 
 def gather(unit: Unit, work: Path, k: int) -> Evidence:
     """The dcm2niix pass over each study of the unit, folded with the staged headers."""
     prepass = work / "prepass" / f"unit-{k}"
     outputs = {}
-    records = []
-    files: dict[str, list[Path]] = {}
     for study in unit.studies:
         outputs.update(convert_folder(study.folder, prepass))
-        paths = sorted(p for p in study.folder.iterdir() if p.is_file())
-        records += study.records
-        for path, rec in zip(paths, study.records, strict=True):
-            files.setdefault(rec.series_uid, []).append(path)
-    return Evidence(summaries(records, outputs), prepass, files)
+    records = [r for study in unit.studies for r in study.records]
+    return Evidence(summaries(records, outputs), prepass)
 
 
 def _environment(heuristic: Heuristic, work: Path) -> dict[str, str]:
     env: dict[str, str] = {}
     real_dcm2niix = which("dcm2niix")
-    if real_dcm2niix:  # see dcm2niix_shim: nipype misses outputs after some dcm2niix warnings
+    # see dcm2niix_shim: nipype misses outputs after some dcm2niix warnings (Philips GR/SP)
+    if real_dcm2niix:
         env.update(dcm2niix_shim_env(real_dcm2niix, tool_env()["PATH"]))
     if heuristic.overrides is not None:
         normalized = work / "overrides.json"
@@ -119,23 +135,41 @@ def _environment(heuristic: Heuristic, work: Path) -> dict[str, str]:
     return env
 
 
-def convert(staged: StagedExam, subject: Subject, heuristic: Heuristic, work: Path) -> Converted:
+def convert(
+    staged: StagedExam,
+    subject: Subject,
+    heuristic: Heuristic,
+    work: Path,
+    timings: Timings | None = None,
+) -> Converted:
     """Convert every unit, name and finish its images, and collect the subject tree."""
+    timings = timings or Timings()
     bids = work / "bids"
     if bids.exists():
         shutil.rmtree(bids)
     bids.mkdir()
-    env = _environment(heuristic, work)
     series: list[SeriesRow] = []
     planned = heuristic.plan is not None
     for k, unit in enumerate(conversion_units(staged, subject), start=1):
-        evidence = gather(unit, work, k)
-        headers_file = work / f"headers-{k}.json"
-        write_summaries(headers_file, evidence.headers)
-        plan_file = work / f"plan-{k}.json"
-        unit_env = {**env, HEADERS_ENV: str(headers_file), PLAN_ENV: str(plan_file)}
+        headers_file, plan_file = work / f"headers-{k}.json", work / f"plan-{k}.json"
+        headers_file.unlink(missing_ok=True)
+        env = {**_environment(heuristic, work), HEADERS_ENV: str(headers_file)}
         out = work / "heudiconv" / f"unit-{k}"
-        failures = _heudiconv(unit, subject, heuristic, evidence, out, unit_env, plan_file)
+        env[PLAN_ENV] = str(plan_file)
+        heudiconv = Run(unit, subject, heuristic, series_files(unit), out, env)
+        # heudiconv scans every file before it asks the heuristic anything: the dcm2niix pass
+        # runs meanwhile, and the heuristic waits for the summaries it makes
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            converting = pool.submit(
+                _timed, timings, "convert/heudiconv", heudiconv.convert, plan_file
+            )
+            evidence = Evidence([], work)
+            try:
+                with timings.step("convert/dcm2niix pass"):
+                    evidence = gather(unit, work, k)
+            finally:  # an empty list rather than none: heudiconv must never wait for nothing
+                write_summaries(headers_file, evidence.headers)
+            failures = converting.result()
         # heudiconv converted into its own tree; its images move to the subject's tree
         _merge(out / f"sub-{subject.label}", bids / f"sub-{subject.label}", unit.session)
         if not planned:
@@ -203,82 +237,94 @@ def _culprit(output: str, record: list[dict[str, object]], label: str, session: 
     return ""
 
 
-def _unreadable_by_nibabel(evidence: Evidence) -> dict[str, str]:
-    """Multi-frame series nibabel cannot shape (heudiconv's scan would abort on them)."""
-    import pydicom
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # nibabel warns on import that dicomwrappers are beta
-        from nibabel.nicom import dicomwrappers
-
-    found: dict[str, str] = {}
-    for h in evidence.headers:
-        paths = evidence.files.get(h.key, [])
-        if not paths or not h.outputs or "Enhanced" not in h.sop_class:
-            continue
-        try:
-            wrapper = dicomwrappers.wrapper_from_data(  # type: ignore[no-untyped-call]
-                pydicom.dcmread(paths[0], stop_before_pixels=True)
-            )
-            _ = wrapper.image_shape  # what heudiconv's scan asks of each series
-        except Exception as exc:  # nibabel raises many kinds; any of them stops heudiconv
-            found[h.key] = f"nibabel cannot read it ({type(exc).__name__}: {exc})"
-    return found
+def _timed(timings: Timings, step: str, action: Callable[[Path], T], arg: Path) -> T:
+    with timings.step(step):
+        return action(arg)
 
 
-def _heudiconv(
-    unit: Unit,
-    subject: Subject,
-    heuristic: Heuristic,
-    evidence: Evidence,
-    out: Path,
-    env: dict[str, str],
-    plan_file: Path,
-) -> dict[str, str]:
-    """heudiconv over the unit, leaving out any series that makes it fail; returns the left-out
-    series (by key) with why. Without a plan (another heuristic) a failure fails the exam."""
-    planned = heuristic.plan is not None
-    failures = _unreadable_by_nibabel(evidence) if planned else {}
-    by_series_id: dict[str, list[str]] = {}
-    for h in evidence.headers:
-        by_series_id.setdefault(h.series_id, []).append(h.key)
-    while True:
-        files = (
-            [path for key, paths in evidence.files.items() if key not in failures for path in paths]
-            if planned
-            else [p for folder in unit.folders for p in sorted(folder.iterdir())]
-        )
-        if not files:
-            return failures
-        argv = heudiconv_argv(sorted(files), subject.label, unit.session, heuristic.path, out)
-        # each attempt from scratch: heudiconv reuses the plan it recorded in `.heudiconv/`
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir(parents=True)
-        try:
-            run(argv, cwd=out.parent, env=env, timeout=HEUDICONV_TIMEOUT)
-            return failures
-        except ToolFailed as exc:
-            error = exc.tail.splitlines()[-1] if exc.tail else f"exit {exc.code}"
-            if _disk_full(exc.output):
-                from bidsapp.errors import LocalIOError
+@dataclass
+class Run:
+    """heudiconv over one unit, leaving out any series that makes it (or nibabel) fail."""
 
-                raise LocalIOError("the work dir filled up during conversion") from exc
-            if not planned:
-                raise BadInputData(
-                    f"heudiconv could not convert this exam with heuristic {heuristic.name!r}: "
-                    f"{error}",
-                    hint="try another --heuristic, or run 'bidsapp inspect' on the exam",
-                ) from exc
-            record = _read_record(plan_file)
-            culprit = _culprit(exc.output, record, subject.label, unit.session)
-            keys = by_series_id.get(culprit, []) if culprit else []
-            if not keys or all(k in failures for k in keys):
-                # it failed where no series can be blamed: dcm2niix alone converts them all
-                for h in evidence.headers:
-                    failures.setdefault(h.key, f"heudiconv could not read this exam ({error})")
+    unit: Unit
+    subject: Subject
+    heuristic: Heuristic
+    files: dict[str, list[Path]]  # by series key
+    out: Path
+    env: dict[str, str]
+
+    def series_ids(self) -> dict[str, list[str]]:
+        """heudiconv's series ids, each with the series keys it groups."""
+        found: dict[str, set[str]] = {}
+        for study in self.unit.studies:
+            for rec in study.records:
+                found.setdefault(series_id(rec), set()).add(series_key(rec))
+        return {sid: sorted(keys) for sid, keys in found.items()}
+
+    def unreadable_by_nibabel(self) -> dict[str, str]:
+        """Multi-frame series nibabel cannot shape (heudiconv's scan would abort on them)."""
+        import pydicom
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # nibabel warns on import that dicomwrappers are beta
+            from nibabel.nicom import dicomwrappers
+
+        enhanced = {
+            series_key(r)
+            for study in self.unit.studies
+            for r in study.records
+            if "Enhanced" in r.sop_class
+        }
+        found: dict[str, str] = {}
+        for key in sorted(enhanced):
+            try:
+                wrapper = dicomwrappers.wrapper_from_data(  # type: ignore[no-untyped-call]
+                    pydicom.dcmread(self.files[key][0], stop_before_pixels=True)
+                )
+                _ = wrapper.image_shape  # what heudiconv's scan asks of each series
+            except Exception as exc:  # nibabel raises many kinds; any of them stops heudiconv
+                found[key] = f"nibabel cannot read it ({type(exc).__name__}: {exc})"
+        return found
+
+    def convert(self, plan_file: Path) -> dict[str, str]:
+        """Run heudiconv until it succeeds; returns the series left out (by key) with why.
+        Without a plan (another heuristic) a failure fails the exam."""
+        planned = self.heuristic.plan is not None
+        failures = self.unreadable_by_nibabel() if planned else {}
+        ids = self.series_ids()
+        while True:
+            files = [p for key, paths in self.files.items() if key not in failures for p in paths]
+            if not files:
                 return failures
-            for key in keys:
-                failures[key] = f"heudiconv failed on it ({error})"
+            argv = heudiconv_argv(
+                sorted(files), self.subject.label, self.unit.session, self.heuristic.path, self.out
+            )
+            # each attempt from scratch: heudiconv reuses the plan it recorded in `.heudiconv/`
+            shutil.rmtree(self.out, ignore_errors=True)
+            self.out.mkdir(parents=True)
+            try:
+                run(argv, cwd=self.out.parent, env=self.env, timeout=HEUDICONV_TIMEOUT)
+                return failures
+            except ToolFailed as exc:
+                error = exc.tail.splitlines()[-1] if exc.tail else f"exit {exc.code}"
+                if _disk_full(exc.output):
+                    raise LocalIOError("the work dir filled up during conversion") from exc
+                if not planned:
+                    raise BadInputData(
+                        f"heudiconv could not convert this exam with heuristic "
+                        f"{self.heuristic.name!r}: {error}",
+                        hint="try another --heuristic, or run 'bidsapp inspect' on the exam",
+                    ) from exc
+                record = _read_record(plan_file)
+                culprit = _culprit(exc.output, record, self.subject.label, self.unit.session)
+                keys = ids.get(culprit, []) if culprit else []
+                if not keys or all(k in failures for k in keys):
+                    # it failed where no series can be blamed: dcm2niix alone converts them all
+                    for key in self.files:
+                        failures.setdefault(key, f"heudiconv could not read this exam ({error})")
+                    return failures
+                for key in keys:
+                    failures[key] = f"heudiconv failed on it ({error})"
 
 
 def _disk_full(output: str) -> bool:
@@ -291,9 +337,9 @@ def survey(
     """What `convert` would make of the exam, without converting: the plan for a header-based
     heuristic, else heudiconv's own series table (`-c none`)."""
     rows: list[SeriesRow] = []
-    env = _environment(heuristic, work)
     for k, unit in enumerate(conversion_units(staged, subject), start=1):
         evidence = gather(unit, work, k)
+        env = _environment(heuristic, work)
         if heuristic.plan is not None:
             entries = _entries(heuristic.plan(evidence.headers, heuristic.rules), evidence.headers)
             rows += plan_table(entries, unit.session, subject.label, None, None, {}, {})

@@ -16,6 +16,7 @@ from typing import Any
 
 from bidsapp.pipeline.setaside import owners, set_aside
 from bidsapp.privacy.phi import Identifiers, scan_tree
+from bidsapp.timing import Timings
 from bidsapp.tools import ToolFailed, run
 
 BIDS_VERSION = "1.10.0"
@@ -105,15 +106,18 @@ def run_gate(
     expected: tuple[str, ...],
     work: Path,
     strict: bool = False,
+    timings: Timings | None = None,
 ) -> GateReport:
     """Fill in the report and decide; the caller publishes only when `passed`.
 
     Unless `strict`, a series the validator finds errors in is set aside (setaside.py) and the
     rest is validated again; the subject fails only when nothing valid remains.
     """
+    timings = timings or Timings()
     subject_dir = bids_root / f"sub-{report.subject}"
     if subject_dir.is_dir():
-        _validate_subject(report, bids_root, work)
+        with timings.step("gate/validator"):
+            _validate_subject(report, bids_root, work)
         errors = [(f.code, f.location) for f in report.findings if f.severity == "error"]
         if errors and not strict and report.validator.get("errors"):
             against, orphans = owners(report.series, errors)
@@ -123,7 +127,8 @@ def run_gate(
                 report.converted_files = sorted(
                     p.relative_to(bids_root).as_posix() for p in bids_root.rglob("*") if p.is_file()
                 )
-                _validate_subject(report, bids_root, work)
+                with timings.step("gate/validator"):
+                    _validate_subject(report, bids_root, work)
     if report.validator.get("crashed"):
         report.failure, report.exit_code = "validator could not run", 16
     elif report.validator.get("errors"):
@@ -142,7 +147,8 @@ def run_gate(
         report.failure, report.exit_code = "expected series missing", 65
 
     roots = [root for root in (bids_root, derivatives, sourcedata) if root.is_dir()]
-    hits = [hit for root in roots for hit in scan_tree(root, ids)]
+    with timings.step("gate/phi scan"):
+        hits = [hit for root in roots for hit in scan_tree(root, ids)]
     report.phi = {**ids.to_json(), "hits": [asdict(h) for h in hits]}
     if hits:  # named above any other failure: it is the one that must never be missed
         report.failure, report.exit_code = "patient data found", 65

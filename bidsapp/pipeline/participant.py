@@ -37,6 +37,7 @@ from bidsapp.privacy.profiles import date_offset, dicom_seed, load_secret
 from bidsapp.report.subject import write_subject_report
 from bidsapp.settings import Settings
 from bidsapp.stores import Store
+from bidsapp.timing import Timings
 from bidsapp.tools import versions
 
 T = TypeVar("T")
@@ -108,6 +109,7 @@ class Job:
         self.run_id = new_run_id()
         self.target = Target(subject.label, subject.session)
         self.status = StatusRecord(subject.label, subject.session, self.run_id)
+        self.timings = Timings(self.status.timings)
         self.log = logs.bound(
             subject.label + (f" ses-{subject.session}" if subject.session else "")
         )
@@ -175,7 +177,9 @@ class Job:
             return "dry-run"
         status.save(self.output, "started")
 
-        staged = self._timed("stage", lambda: stage(self.source, subject.source, work))
+        staged = self._timed(
+            "stage", lambda: stage(self.source, subject.source, work, self.timings)
+        )
         self.ids = self.ids.merge(Identifiers.collect(staged.headers, exam_name, subject.label))
         logs.redactor.add_identifiers(self.ids)
         log.info(
@@ -191,7 +195,9 @@ class Job:
             log.warning("not converted: {} ({})", source_name, reason)
         status.save(self.output, "staged")
 
-        converted = self._timed("convert", lambda: convert(staged, subject, self.heuristic, work))
+        converted = self._timed(
+            "convert", lambda: convert(staged, subject, self.heuristic, work, self.timings)
+        )
         log.info("converted {} files", len(converted.files))
         deid = self._timed("deidentify", lambda: self._deidentify(staged, converted.root, work))
         status.save(self.output, "converted")
@@ -246,10 +252,8 @@ class Job:
         return "published"
 
     def _timed(self, step: str, action: Callable[[], T]) -> T:
-        t0 = time.monotonic()
-        result = action()
-        self.status.timings[step] = round(time.monotonic() - t0, 3)
-        return result
+        with self.timings.step(step):
+            return action()
 
     def _up_to_date(self, fingerprint_: str) -> bool:
         """Repair what an interrupted run left, then ask the manifest whether work remains."""
@@ -257,7 +261,7 @@ class Job:
             with self.output.lock(f"sub-{self.subject.label}"):
                 for action in repair(self.output, self.target):
                     self.log.warning("repaired OUTPUT: {}", action)
-        manifest = published_manifest(self.output, self.target)
+        manifest = published_manifest(self.output, self.target, deep=self.settings.verify)
         if not manifest or self.settings.force or not _same(manifest, fingerprint_, self.settings):
             return False
         self.log.info("published and up to date: nothing to do")
@@ -312,6 +316,7 @@ class Job:
             expected=self.heuristic.expected,
             work=work,
             strict=self.settings.strict,
+            timings=self.timings,
         )
         if report.set_aside:
             self.status.set_aside = len(report.set_aside)
@@ -325,16 +330,17 @@ class Job:
             )
         dest = deriv / self.target.data
         if report.passed:
-            write_subject_report(
-                dest,
-                bids_dir=bids_root,
-                label=self.subject.label,
-                session=self.subject.session,
-                gate=json.loads(report.to_json(self.ids)),
-                heuristic=self.heuristic.name,
-                versions=versions(),
-                timings=dict(self.status.timings),
-            )
+            with self.timings.step("gate/report"):
+                write_subject_report(
+                    dest,
+                    bids_dir=bids_root,
+                    label=self.subject.label,
+                    session=self.subject.session,
+                    gate=json.loads(report.to_json(self.ids)),
+                    heuristic=self.heuristic.name,
+                    versions=versions(),
+                    timings=dict(self.status.timings),
+                )
             recheck(report, deriv, self.ids)
         (dest / "gate.json").write_text(report.to_json(self.ids) + "\n")
         if not report.passed:

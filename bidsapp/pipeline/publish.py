@@ -117,25 +117,33 @@ def read_manifest(store: Store, target: Target) -> dict[str, Any] | None:
     return data
 
 
-def verify(store: Store, manifest: dict[str, Any]) -> bool:
-    """Every file the manifest lists is present with its md5."""
+def verify(store: Store, manifest: dict[str, Any], *, deep: bool = False) -> bool:
+    """Every file the manifest lists is present, unchanged: by the key the store keeps of it
+    (no byte read on disk: size and modification time), or with `deep` (--verify) by its md5."""
     try:
         for item in manifest["files"]:
-            if not store.exists(item["path"]) or store.md5(item["path"]) != item["md5"]:
+            if not store.exists(item["path"]):
+                return False
+            if deep or "key" not in item:  # manifests written before keys: by md5
+                if store.md5(item["path"]) != item["md5"]:
+                    return False
+            elif store.key(item["path"]) != item["key"]:
                 return False
     except (OSError, KeyError, TypeError, ValueError):
         return False  # a damaged publication (a folder where a file was, a hand-edited entry)
     return True
 
 
-def published_manifest(store: Store, target: Target) -> dict[str, Any] | None:
-    """The manifest of a complete publication, else None."""
+def published_manifest(
+    store: Store, target: Target, *, deep: bool = False
+) -> dict[str, Any] | None:
+    """The manifest of a complete publication, else None (`deep`: every md5 checked)."""
     manifest = read_manifest(store, target)
     if manifest is None:
         return None
     for _, folder in target.parts:
         store.prefetch(folder)
-    return manifest if verify(store, manifest) else None
+    return manifest if verify(store, manifest, deep=deep) else None
 
 
 def _parent(path: str) -> str:
@@ -210,8 +218,9 @@ def publish(
     if sends:
         fault("upload")
     md5s += store.upload_many(sends[half:])
-    for (_, f, path, rel), md5 in zip(uploads, md5s, strict=True):
-        files.append({"path": f"{path}/{rel}", "size": f.stat().st_size, "md5": md5})
+    for (part, f, path, rel), md5 in zip(uploads, md5s, strict=True):
+        key = store.key(f"{incoming}/{part}/{rel}")  # moves keep it (rename, reparent)
+        files.append({"path": f"{path}/{rel}", "size": f.stat().st_size, "md5": md5, "key": key})
     fault("uploaded")
     manifest = {**manifest, "files": files}
     store.write_bytes(f"{incoming}/{PENDING}", json.dumps(manifest, indent=2).encode() + b"\n")

@@ -29,6 +29,7 @@ from pydicom.valuerep import VR
 from bidsapp.errors import BadInputData
 from bidsapp.heuristic.headers import ENHANCED_CLASSES, FileRecord, record
 from bidsapp.stores import Store
+from bidsapp.timing import Timings
 
 DICOMDIR_UID = "1.2.840.10008.1.3.10"
 MAX_ARCHIVE_DEPTH = 3
@@ -89,7 +90,7 @@ class StagedExam:
     bytes: int = 0
 
 
-def stage(store: Store, exam: str, work: Path) -> StagedExam:
+def stage(store: Store, exam: str, work: Path, timings: Timings | None = None) -> StagedExam:
     """Download, unpack, check and sort one exam folder into work/dicom/study-N/."""
     download = work / "download"
     download.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -101,7 +102,9 @@ def stage(store: Store, exam: str, work: Path) -> StagedExam:
         wanted.append((f"{exam}/{rel}" if exam else rel, local))
         pending.append((rel, local))
         total_bytes += entry.size
-    store.download_many(wanted)  # in parallel where the store gains by it (Drive)
+    timings = timings or Timings()
+    with timings.step("stage/copy"):
+        store.download_many(wanted)  # in parallel where the store gains by it (Drive)
     if not pending:
         raise BadInputData(
             "the exam folder is empty", hint="check the subject map points at the exam"
@@ -112,7 +115,9 @@ def stage(store: Store, exam: str, work: Path) -> StagedExam:
     by_study: dict[str, list[tuple[Path, FileRecord]]] = {}
     started: dict[str, str] = {}
     seen_headers: set[tuple[str, ...]] = set()
-    for (rel, path), info in zip(files, _inspect_all([p for _, p in files]), strict=True):
+    with timings.step("stage/headers"):
+        inspected = _inspect_all([p for _, p in files])
+    for (rel, path), info in zip(files, inspected, strict=True):
         if isinstance(info, str):
             (result.corrupt if info.startswith("corrupt") else result.skipped).append((rel, info))
             path.unlink()
@@ -167,7 +172,11 @@ def _inspect_all(paths: list[Path]) -> list[_Inspected | str]:
 
 
 def _inspect(path: Path) -> _Inspected | str:
-    """Check one file, blank its unparsable dates in place; or say why it is not used."""
+    """Check one file, blank its unparsable dates; or say why it is not used.
+
+    A staged file can be a hard link to the user's SOURCE file: it is never written in place,
+    only replaced by a new file.
+    """
     verdict = _read_dicom(path)
     if isinstance(verdict, str):
         return verdict
@@ -178,9 +187,11 @@ def _inspect(path: Path) -> _Inspected | str:
             warnings.simplefilter("ignore")
             full = pydicom.dcmread(path, force=True)
             _repair_dates(full)
-            full.save_as(path)
-    if str(ds.get("SOPClassUID", "")) in ENHANCED_CLASSES:
-        # enhanced DICOM keeps what the classifier needs in its per-frame groups
+            repaired_copy = path.with_name(path.name + ".repaired")
+            full.save_as(repaired_copy)
+            os.replace(repaired_copy, path)
+    if str(ds.get("SOPClassUID", "")) in ENHANCED_CLASSES and "ASL" in ds.get("ImageType", []):
+        # enhanced ASL keeps each volume's type (label, control, M0) in its per-frame groups
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
@@ -287,6 +298,31 @@ def _read_dicom(path: Path) -> pydicom.Dataset | str:
     return f"corrupt DICOM ({problem})" if problem else ds
 
 
+def _pixels_end_the_file(fh: BinaryIO, ds: pydicom.Dataset, size: int, *, implicit: bool) -> bool:
+    """Whether the file ends with an uncompressed PixelData element of exactly the size the
+    image attributes give (what nearly every file holds); False means: look closer."""
+    try:
+        frames = int(ds.get("NumberOfFrames") or 1)
+        expected = (
+            int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel") or 1) * frames
+        ) * (int(ds.BitsAllocated) // 8)
+    except (AttributeError, TypeError, ValueError):
+        return False
+    expected += expected % 2  # values are padded to an even length
+    head = 8 if implicit else 12
+    start = size - expected - head
+    if expected <= 0 or start < 0:
+        return False
+    back = fh.tell()
+    fh.seek(start)
+    element = fh.read(head)
+    fh.seek(back)  # the caller walks on from where it was when this says no
+    if element[:4] != b"\xe0\x7f\x10\x00":
+        return False
+    length = struct.unpack("<I", element[4:8] if implicit else element[8:12])[0]
+    return bool(length == expected)
+
+
 def _pixel_problem(fh: BinaryIO, ds: pydicom.Dataset, size: int) -> str:
     """Why the pixel data is unusable ('' when fine): missing from an image, or cut short.
 
@@ -296,6 +332,8 @@ def _pixel_problem(fh: BinaryIO, ds: pydicom.Dataset, size: int) -> str:
     syntax = str(getattr(ds, "file_meta", {}).get("TransferSyntaxUID", "1.2.840.10008.1.2.1"))
     if syntax == "1.2.840.10008.1.2.2":
         return ""  # big endian (retired): left to dcm2niix
+    if _pixels_end_the_file(fh, ds, size, implicit=syntax == "1.2.840.10008.1.2"):
+        return ""  # the usual layout, seen from the end: no need to walk the header
     implicit = syntax == "1.2.840.10008.1.2"
     while len(head := fh.read(8)) == 8:
         group, element = struct.unpack("<HH", head[:4])

@@ -60,7 +60,9 @@ def read_all(store: Store) -> list[dict[str, Any]]:
     return records
 
 
-def job_states(store: Store, expected: list[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
+def job_states(
+    store: Store, expected: list[tuple[str, str]] | None = None, *, deep: bool = False
+) -> list[dict[str, Any]]:
     """Every job's last state, sorted by label and session.
 
     `published` is true only when the job's manifest is present and matches its files. With
@@ -70,7 +72,7 @@ def job_states(store: Store, expected: list[tuple[str, str]] | None = None) -> l
     rows = []
     for key in sorted(set(records) | set(expected or ())):
         record = records.get(key)
-        complete = published_manifest(store, Target(*key)) is not None
+        complete = published_manifest(store, Target(*key), deep=deep) is not None
         if record is None:
             record = {"label": key[0], "session": key[1], "run_id": "", "exit_code": None}
             record |= {"error_class": "", "retryable": False, "timings": {}, "updated": 0.0}
@@ -83,10 +85,12 @@ def job_states(store: Store, expected: list[tuple[str, str]] | None = None) -> l
     return rows
 
 
-def print_status(store: Store, subject_map: Path | None, *, as_json: bool) -> int:
+def print_status(
+    store: Store, subject_map: Path | None, *, as_json: bool, deep: bool = False
+) -> int:
     """`bidsapp status`: every job's last state, one line each (or JSON)."""
     expected = [(s.label, s.session) for s in read_map(subject_map)] if subject_map else None
-    rows = job_states(store, expected)
+    rows = job_states(store, expected, deep=deep)
     if as_json:
         print(json.dumps(rows, indent=2))
         return 0

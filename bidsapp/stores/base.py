@@ -79,7 +79,11 @@ class Store(Protocol):
         """
 
     def md5(self, path: str) -> str:
-        """The md5 of a stored file."""
+        """The md5 of a stored file (on disk: read whole)."""
+
+    def key(self, path: str) -> str:
+        """What identifies a stored file's content without reading it: size and modification
+        time on disk, the md5 Drive keeps. Publication records it; status compares it."""
 
     def prefetch(self, path: str) -> None:
         """Learn everything below `path` before many lookups there (no-op where lookups are

@@ -500,6 +500,9 @@ class DriveStore:
             raise IsADirectoryError(f"{path} has no md5 on Drive")
         return str(meta["md5Checksum"])
 
+    def key(self, path: str) -> str:
+        return self.md5(path)
+
     def read_bytes(self, path: str) -> bytes:
         meta = self._resolve(path)
         buf = io.BytesIO()
