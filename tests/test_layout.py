@@ -2,7 +2,7 @@
 
 The layers, lowest first; a module may import from its own layer and the ones below it:
 
-    base       bidsapp/{__init__,errors,settings,logs,tools,timing}.py
+    base       bidsapp/{__init__,errors,settings,logs,tools,timing,files,bids}.py
     stores     where data lives (local folders, Google Drive) and the pacer
     privacy    identifiers, de-identification, the PHI scan
     heuristic  header summaries, the classifier, overrides, finishing sidecars
@@ -30,6 +30,8 @@ BASE = {
     "bidsapp.logs",
     "bidsapp.tools",
     "bidsapp.timing",
+    "bidsapp.files",
+    "bidsapp.bids",
 }
 
 

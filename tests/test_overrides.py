@@ -44,7 +44,10 @@ def test_toml_and_json_give_the_same_overrides(tmp_path: Path) -> None:
         ("[[series]]\nnumber = 3\nrename = 'x'\n", "series entry 1: unknown key(s) rename"),
         ("[[series]]\nskip = true\n", "give a series 'number' or a 'description' pattern"),
         ("[[series]]\nnumber = '3'\n", "'number' must be a series number"),
-        ("[[series]]\nnumber = 3\nbids = 'anat/T1'\n", "suffix 'T1' is not one of T1w"),
+        (
+            "[[series]]\nnumber = 3\nbids = 'anat/T1'\n",
+            "suffix 'T1' is not one of Chimap, FLAIR",
+        ),
         ("[[series]]\nnumber = 3\nbids = 'beh/task-x_beh'\n", "datatype 'beh' is not one of"),
         ("[[series]]\nnumber = 3\nbids = 'sub-01_T1w'\n", "'bids' must look like"),
         ("[[series]]\nnumber = 3\nbids = 'anat/foo-x_T1w'\n", "entity 'foo' is not one of"),
@@ -74,3 +77,12 @@ def test_a_bad_overrides_file_stops_the_run_with_exit_64_before_any_work(
     assert "o.json: series entry 1: suffix 'T1' is not one of" in line
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out" / "sub-01").exists()
+
+
+@pytest.mark.parametrize("name", ["anat/angio", "anat/acq-tof_run-1_angio", "anat/PDT2"])
+def test_any_suffix_the_bids_schema_allows_is_accepted(tmp_path: Path, name: str) -> None:
+    # the suffixes and entities come from the BIDS schema, not from a list kept here
+    path = tmp_path / "o.toml"
+    path.write_text(f"[[series]]\nnumber = 3\nbids = '{name}'\n")
+    [override] = load(path)
+    assert override.bids == name

@@ -12,27 +12,9 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
+from bidsapp import bids
 from bidsapp.heuristic.headers import Output, SeriesHeader
 
-# BIDS filename entity order (the subset a converter sets).
-ENTITY_ORDER = ("task", "acq", "ce", "rec", "dir", "run", "echo", "part")
-DATATYPES = ("anat", "func", "dwi", "fmap", "perf")
-SUFFIXES = {
-    "anat": ("T1w", "T2w", "FLAIR", "PDw", "T2starw"),
-    "func": ("bold", "sbref"),
-    "dwi": ("dwi", "sbref"),
-    "fmap": (
-        "magnitude1",
-        "magnitude2",
-        "magnitude",
-        "phasediff",
-        "phase1",
-        "phase2",
-        "fieldmap",
-        "epi",
-    ),
-    "perf": ("asl", "m0scan"),
-}
 # A PEPOLAR field map is a short b=0 EPI series: one to a few volumes (HCP acquires three).
 PEPOLAR_MAX_VOLUMES = 10
 DIFFUSION_B = 50.0  # s/mm²: below this a volume counts as b=0
@@ -109,8 +91,7 @@ class Decision:
             ents[key] = value
         else:
             ents.pop(key, None)
-        ordered = tuple((k, ents[k]) for k in ENTITY_ORDER if k in ents)
-        return replace(self, entities=ordered)
+        return replace(self, entities=bids.ordered(ents))
 
     def name(self, suffix: str | None = None) -> str:
         """`datatype/<entities>_suffix`, without the subject and session."""

@@ -11,34 +11,18 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import stat
 import struct
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bidsapp.files import rewrite
 from bidsapp.heuristic.classify import Decision
 from bidsapp.heuristic.headers import SeriesHeader
 from bidsapp.heuristic.plan import output_plan
 from bidsapp.heuristic.settle import full_stem
 
 _TARGETS = {("func", "bold"), ("func", "sbref"), ("dwi", "dwi"), ("dwi", "sbref"), ("perf", "asl")}
-
-
-def rewrite(path: Path, data: bytes) -> None:
-    """Replace a file atomically, keeping its mode (heudiconv leaves its outputs read-only)."""
-    mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".finish-")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def patch(sidecar: Path, fields: dict[str, Any], *, keep: bool = False) -> None:

@@ -26,11 +26,13 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from bidsapp import bids
 from bidsapp.errors import UsageError
-from bidsapp.heuristic.classify import DATATYPES, ENTITY_ORDER, SUFFIXES
 from bidsapp.heuristic.plan import Override, parse_bids_name
 
 ENV = "BIDSAPP_OVERRIDES"
+# the datatypes an MR exam converts into (the schema says which suffixes and entities each takes)
+CONVERTED = ("anat", "dwi", "fmap", "func", "perf")
 _KEYS = {"number", "description", "skip", "bids", "sidecar", "aslcontext"}
 _BIDS_NAME = re.compile(r"^[a-z]+/([a-z]+-[A-Za-z0-9]+_)*[A-Za-z0-9]+$")
 _ASL_TYPES = {"control", "label", "m0scan", "deltam", "cbf", "noRF"}
@@ -108,16 +110,10 @@ def _check_bids(name: object, where: str) -> None:
     if not isinstance(name, str) or not _BIDS_NAME.match(name):
         raise UsageError(f"{where}: 'bids' must look like 'func/task-motor_bold', got {name!r}")
     datatype, entities, suffix = parse_bids_name(name)
-    if datatype not in DATATYPES:
-        raise UsageError(f"{where}: datatype {datatype!r} is not one of {', '.join(DATATYPES)}")
-    if suffix not in SUFFIXES[datatype]:
-        raise UsageError(
-            f"{where}: suffix {suffix!r} is not one of {', '.join(SUFFIXES[datatype])} "
-            f"for {datatype}"
-        )
-    for key, _ in entities:
-        if key not in ENTITY_ORDER:
-            raise UsageError(f"{where}: entity {key!r} is not one of {', '.join(ENTITY_ORDER)}")
+    # the BIDS schema decides: any raw-data suffix of the datatype, with the entities it allows
+    wrong = bids.problem(datatype, [k for k, _ in entities], suffix, within=CONVERTED)
+    if wrong:
+        raise UsageError(f"{where}: {wrong}")
 
 
 def dump(overrides: tuple[Override, ...], path: Path) -> None:

@@ -16,8 +16,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from bidsapp import bids
 from bidsapp.heuristic.classify import (
-    ENTITY_ORDER,
     SEFM_TEXT,
     Decision,
     classify,
@@ -498,5 +498,4 @@ def insert_entity(name: str, key: str, value: str) -> str:
     suffix = parts.pop()
     ents = dict(p.split("-", 1) for p in parts)
     ents[key] = value
-    ordered = [f"{k}-{ents[k]}" for k in ENTITY_ORDER if k in ents]
-    return f"{folder}/{'_'.join([*ordered, suffix])}"
+    return f"{folder}/{bids.stem(ents, suffix)}"

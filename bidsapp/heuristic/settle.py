@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bidsapp.bids import SubjectSession
+from bidsapp.files import rewrite
 from bidsapp.heuristic.classify import Decision
 from bidsapp.heuristic.headers import Output, SeriesHeader
 from bidsapp.heuristic.plan import output_plan
@@ -51,10 +53,7 @@ class Settled:
 
 def full_stem(name: str, label: str, session: str) -> str:
     """'anat/acq-x_T1w' → 'sub-01[/ses-1]/anat/sub-01[_ses-1]_acq-x_T1w'."""
-    datatype, _, rest = name.partition("/")
-    folder = f"sub-{label}" + (f"/ses-{session}" if session else "")
-    prefix = f"sub-{label}" + (f"_ses-{session}" if session else "")
-    return f"{folder}/{datatype}/{prefix}_{rest}"
+    return SubjectSession(label, session).path(name)
 
 
 def settle(
@@ -97,9 +96,10 @@ def settle(
 
 
 def _format(template: str, label: str, session: str) -> str:
-    folder = f"sub-{label}" + (f"/ses-{session}" if session else "")
-    prefix = f"sub-{label}" + (f"_ses-{session}" if session else "")
-    return template.format(bids_subject_session_dir=folder, bids_subject_session_prefix=prefix)
+    who = SubjectSession(label, session)
+    return template.format(
+        bids_subject_session_dir=who.folder, bids_subject_session_prefix=who.prefix
+    )
 
 
 def _provisional(stem: str) -> bool:
@@ -197,7 +197,7 @@ def _move_all(
             source = numbered if numbered.exists() else shared
             if source.exists():
                 shutil.copyfile(source, target.with_name(target.name + ext))
-    sub = bids / f"sub-{label}"
+    sub = bids / SubjectSession(label).folder
     renames[(old.with_name(old.name + ".nii.gz")).relative_to(sub).as_posix()] = (
         target.with_name(target.name + ".nii.gz").relative_to(sub).as_posix()
     )
@@ -207,7 +207,7 @@ def _drop(image: Path, renames: dict[str, str | None], bids: Path, label: str) -
     stem = image.name[: -len(".nii.gz")]
     for ext in (".nii.gz", *COMPANIONS):
         image.with_name(stem + ext).unlink(missing_ok=True)
-    renames[image.relative_to(bids / f"sub-{label}").as_posix()] = None
+    renames[image.relative_to(bids / SubjectSession(label).folder).as_posix()] = None
 
 
 def _from_prepass(
@@ -239,9 +239,8 @@ def _follow_in_scans(
     bids: Path, label: str, session: str, renames: dict[str, str | None], result: Settled
 ) -> None:
     """scans.tsv rows follow renamed images, leave with dropped ones, arrive with new ones."""
-    sub = bids / f"sub-{label}"
-    folder = sub / f"ses-{session}" if session else sub
-    prefix = f"sub-{label}" + (f"_ses-{session}" if session else "")
+    who = SubjectSession(label, session)
+    folder, prefix = bids / who.folder, who.prefix
     scans = folder / f"{prefix}_scans.tsv"
     base = f"ses-{session}/" if session else ""
     header, rows = "filename\tacq_time", []
@@ -256,10 +255,10 @@ def _follow_in_scans(
             kept[new[len(base) :]] = [new[len(base) :], *cells[1:]]
     width = len(header.split("\t"))
     for stem in result.written:
-        rel = f"{stem}.nii.gz"[len(f"sub-{label}/") + len(base) :]
+        rel = f"{stem}.nii.gz"[len(who.folder) + 1 :]
         kept.setdefault(rel, [rel, *["n/a"] * (width - 1)])
     present = {r: c for r, c in kept.items() if (folder / r).is_file()}
     if present or scans.is_file():
         folder.mkdir(parents=True, exist_ok=True)
         text = header + "\n" + "".join("\t".join(c) + "\n" for _, c in sorted(present.items()))
-        scans.write_text(text, encoding="utf-8")
+        rewrite(scans, text.encode())

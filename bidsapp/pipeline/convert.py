@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from bidsapp.bids import SubjectSession
 from bidsapp.errors import BadInputData, LocalIOError
 from bidsapp.heuristic.base import PLAN_ENV
 from bidsapp.heuristic.classify import Decision
@@ -171,7 +172,8 @@ def convert(
                 write_summaries(headers_file, evidence.headers)
             failures = converting.result()
         # heudiconv converted into its own tree; its images move to the subject's tree
-        _merge(out / f"sub-{subject.label}", bids / f"sub-{subject.label}", unit.session)
+        folder = SubjectSession(subject.label).folder
+        _merge(out / folder, bids / folder, unit.session)
         if not planned:
             series += heudiconv_table(out, subject.label, unit.session)
             continue
@@ -186,9 +188,10 @@ def convert(
         notes = finish(bids, subject.label, unit.session, entries)
         series += plan_table(entries, unit.session, subject.label, bids, settled, notes, failures)
     files: list[str] = []
-    if (bids / f"sub-{subject.label}").is_dir():
+    subject_dir = bids / SubjectSession(subject.label).folder
+    if subject_dir.is_dir():
         files = sorted(p.relative_to(bids).as_posix() for p in bids.rglob("*") if p.is_file())
-    found_sessions = sorted(p.name[4:] for p in (bids / f"sub-{subject.label}").glob("ses-*"))
+    found_sessions = sorted(p.name[4:] for p in subject_dir.glob("ses-*"))
     return Converted(bids, files, series, found_sessions)
 
 
@@ -229,7 +232,7 @@ def _culprit(output: str, record: list[dict[str, object]], label: str, session: 
     if not converting:
         return ""
     stem = Path(converting[-1]).name
-    prefix = f"sub-{label}" + (f"_ses-{session}" if session else "")
+    prefix = SubjectSession(label, session).prefix
     for r in record:
         template = str(r["template"])
         if template.rsplit("/", 1)[-1].replace("{bids_subject_session_prefix}", prefix) == stem:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bidsapp.bids import SubjectSession
 from bidsapp.heuristic.classify import Decision, guess_disagrees
 from bidsapp.heuristic.headers import SeriesHeader
 from bidsapp.heuristic.plan import output_plan
@@ -126,11 +127,10 @@ def heudiconv_table(out: Path, label: str, session: str) -> list[SeriesRow]:
                 template, outtypes = key[0], key[1]
                 if "nii.gz" not in outtypes and "nii" not in outtypes:
                     continue
-                prefix = f"sub-{label}" + (f"_ses-{session}" if session else "")
-                folder = f"sub-{label}" + (f"/ses-{session}" if session else "")
+                who = SubjectSession(label, session)
                 name = template.format(
-                    bids_subject_session_dir=folder,
-                    bids_subject_session_prefix=prefix,
+                    bids_subject_session_dir=who.folder,
+                    bids_subject_session_prefix=who.prefix,
                     subject=label,
                     session=f"ses-{session}" if session else "",
                     item="{item}",

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bidsapp.heuristic.finish import rewrite
+from bidsapp.bids import SubjectSession
+from bidsapp.files import rewrite
 
 
 @dataclass
@@ -67,7 +68,7 @@ def set_aside(
         row["reason"] = f"set aside: fails BIDS validation ({', '.join(entry.codes)})"
         row["outputs"] = []
         removed.append(entry)
-    _unlink(bids / f"sub-{label}", bids, gone, broken - {""})
+    _unlink(bids / SubjectSession(label).folder, bids, gone, broken - {""})
     return removed
 
 
