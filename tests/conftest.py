@@ -135,3 +135,45 @@ def published_files(output: Path) -> list[str]:
 def error_lines(stderr: str) -> list[str]:
     """The console's ERROR lines."""
     return [line for line in stderr.splitlines() if " ERROR " in line]
+
+
+# pybids' names for the entities bidsapp writes (what downstream tools query by)
+PYBIDS_ENTITIES = {
+    "sub": "subject",
+    "ses": "session",
+    "task": "task",
+    "acq": "acquisition",
+    "rec": "reconstruction",
+    "dir": "direction",
+    "run": "run",
+    "echo": "echo",
+    "part": "part",
+}
+
+
+def assert_loads_in_pybids(output: Path) -> int:
+    """The dataset, with derivatives/bidsapp, loads in pybids' BIDSLayout (validation on) and
+    every published image and sidecar carries the entities its name gives; returns how many."""
+    from bids import BIDSLayout
+
+    layout = BIDSLayout(output, validate=True, derivatives=True)
+    assert list(layout.derivatives) == ["derivatives/bidsapp"], layout.derivatives
+    checked = 0
+    for path in sorted(output.glob("sub-*/**/sub-*")):
+        if not path.name.endswith((".nii.gz", ".json", ".bval", ".bvec", ".tsv")):
+            continue
+        found = layout.get_file(str(path))
+        assert found is not None, f"pybids does not index {path.relative_to(output)}"
+        entities = found.get_entities()
+        stem, _, ext = path.name.partition(".")
+        *pairs, suffix = stem.split("_")
+        expected = {PYBIDS_ENTITIES[k]: v for k, v in (p.split("-", 1) for p in pairs)}
+        expected |= {"suffix": suffix, "extension": f".{ext}"}
+        got = {k: str(v) if k != "run" else str(int(v)) for k, v in entities.items()}
+        if "run" in expected:
+            expected["run"] = str(int(expected["run"]))
+        assert {k: got.get(k) for k in expected} == expected, path.relative_to(output)
+        if path.parent.name in ("anat", "func", "dwi", "fmap", "perf"):
+            assert entities.get("datatype") == path.parent.name, path
+        checked += 1
+    return checked

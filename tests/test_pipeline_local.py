@@ -16,7 +16,7 @@ from bidsapp_sandbox.exams import Patient, Series
 
 from bidsapp.pipeline.gate import validate
 from bidsapp.pipeline.publish import FAULT_POINTS
-from tests.conftest import MakeExam, RunCli, need, published_files
+from tests.conftest import MakeExam, RunCli, assert_loads_in_pybids, need, published_files
 
 pytestmark = pytest.mark.slow
 
@@ -291,6 +291,7 @@ def test_demo_runs_offline_without_shared_data(tmp_path: Path) -> None:
     assert "sub-02_task-rest_bold.nii.gz" in result.stdout
     assert "BIDS dataset on Drive (gdrive://" in result.stdout, "through the Drive emulator"
     assert (tmp_path / "demo/bids/sub-01/func/sub-01_task-rest_bold.nii.gz").is_file()
+    assert assert_loads_in_pybids(tmp_path / "demo/bids") >= 8
     assert "souza" not in (result.stdout + result.stderr).lower()
 
 

@@ -33,7 +33,14 @@ from pydicom.tag import BaseTag
 
 from bidsapp.privacy.phi import Identifiers, scan_tree
 from bidsapp.privacy.profiles import profile
-from tests.conftest import SHARED_DICOM, need, published_files, run_bidsapp, shared_cases
+from tests.conftest import (
+    SHARED_DICOM,
+    assert_loads_in_pybids,
+    need,
+    published_files,
+    run_bidsapp,
+    shared_cases,
+)
 
 S = "sub-01"
 XA30_SKIPPED = {
@@ -224,6 +231,12 @@ def test_case_publishes_exactly_the_expected_files(outcome: Outcome) -> None:
     removed = {r.field for r in profile("basic") if r.action == "remove" and "*" not in r.field}
     for sidecar in (outcome.output / f for f in data if f.endswith(".json")):
         assert removed.isdisjoint(json.loads(sidecar.read_text())), sidecar.name
+
+
+@pytest.mark.slow
+def test_case_loads_in_pybids_with_the_entities_its_names_give(outcome: Outcome) -> None:
+    expected = [f for f in EXPECTED[outcome.case][0] if not f.endswith(".tsv")]
+    assert assert_loads_in_pybids(outcome.output) == len(expected) + 1  # + scans.tsv
 
 
 @pytest.mark.slow
