@@ -26,7 +26,13 @@ from bidsapp.errors import BidsAppError, GateFailed, LocalIOError
 from bidsapp.pipeline import preempt
 from bidsapp.pipeline.convert import Heuristic, convert
 from bidsapp.pipeline.gate import GateReport, recheck, run_gate
-from bidsapp.pipeline.publish import Target, publish, published_manifest, repair
+from bidsapp.pipeline.publish import (
+    Target,
+    check_layout,
+    publish,
+    published_manifest,
+    repair,
+)
 from bidsapp.pipeline.stage import StagedExam, stage
 from bidsapp.pipeline.status import StatusRecord
 from bidsapp.pipeline.subjects import Subject, from_folder_names, read_map, select, select_sessions
@@ -172,6 +178,7 @@ class Job:
         if settings.dry_run:
             log.info("dry run: would be converted and published")
             return "dry-run"
+        check_layout(self.output, self.target)  # before any work; publish checks it again
         status.save(self.output, "started")
 
         staged = self._timed("stage", lambda: stage(self.source, subject.source, work))

@@ -20,6 +20,7 @@ from typing import Any
 
 from loguru import logger
 
+from bidsapp.errors import UsageError
 from bidsapp.stores import Store
 
 SHARED_FOLDERS = (
@@ -184,6 +185,31 @@ def repair(store: Store, target: Target) -> list[str]:
     return actions
 
 
+def check_layout(store: Store, target: Target) -> None:
+    """A subject is published either whole or by session, never both: a session-less publish
+    would move every session of the subject aside, and a session beside session-less data
+    makes a dataset no BIDS tool reads."""
+    subject = f"sub-{target.label}"
+    if not store.exists(subject):
+        return
+    entries = store.list(subject)
+    sessions = sorted(e.name for e in entries if e.is_dir and e.name.startswith("ses-"))
+    others = [e for e in entries if not e.name.startswith(("ses-", f"{subject}_sessions"))]
+    if not target.session and sessions:
+        raise UsageError(
+            f"{subject} has sessions in OUTPUT ({', '.join(sessions)}): a job without a "
+            "session would replace them all",
+            hint="give this exam a session in the subject map",
+        )
+    if target.session and others:
+        raise UsageError(
+            f"{subject} is published without sessions in OUTPUT: ses-{target.session} cannot "
+            "be added beside it",
+            hint="give every exam of this participant a session in the subject map and "
+            "republish it, or map this exam without a session",
+        )
+
+
 def publish(
     store: Store, target: Target, local: dict[str, Path], manifest: dict[str, Any]
 ) -> dict[str, Any]:
@@ -191,6 +217,7 @@ def publish(
 
     `local` maps parts ('data', 'deriv', optionally 'source') to the local folders to publish.
     """
+    check_layout(store, target)
     run = manifest["run_id"]
     incoming, replaced = (
         f".bidsapp/incoming/{target.tag}-{run}",
