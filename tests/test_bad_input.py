@@ -308,3 +308,25 @@ def test_star_dates_convert(bidsapp: RunCli, make_exam: MakeExam, tmp_path: Path
     assert (ds.StudyDate, ds.SeriesDate, ds.AcquisitionDate, ds.PatientBirthDate) == ("***",) * 4
     out = tmp_path / "out"
     assert_published_t1w(bidsapp(tmp_path / "source", out, "participant"), out)
+
+
+# -- issue 16 ------------------------------------------------------------------------------------
+
+
+def test_p4_every_component_of_a_map_source_is_an_identifier(
+    bidsapp: RunCli, tmp_path: Path
+) -> None:
+    """`Zyxwvut Qqqq/DICOM` that is not a folder: the message names neither part of the name."""
+    (tmp_path / "source" / FOLDER).mkdir(parents=True)
+    (tmp_path / "source" / FOLDER / "DICOM").write_text("a file, not the exam folder\n")
+    subject_map = write_map(tmp_path / "map.tsv", f"{FOLDER}/DICOM", "09")
+    out = tmp_path / "out"
+
+    result = bidsapp(tmp_path / "source", out, "participant", "--subject-map", subject_map)
+
+    assert_fails(result, 66, out, "not a folder")
+    assert_no_phi(result)
+    failed_log = out / ".bidsapp" / "failed" / "sub-09" / "log.jsonl"
+    assert failed_log.is_file()
+    text = failed_log.read_text(encoding="utf-8").lower()
+    assert "zyxwvut" not in text and "qqqq" not in text

@@ -117,7 +117,9 @@ class Job:
             subject.label + (f" ses-{subject.session}" if subject.session else "")
         )
         logs.redactor.reset()
-        self.ids = Identifiers.collect([], subject.exam_folder_name, subject.label)
+        self.ids = Identifiers()
+        for part in subject.source_parts:  # any folder on the way can be named for the patient
+            self.ids = self.ids.merge(Identifiers.collect([], part, subject.label))
         logs.redactor.add_identifiers(self.ids)
         self.work: Path | None = None
 
