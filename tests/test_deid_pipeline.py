@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 from bidsapp_sandbox.exams import Patient, Series
 
-from bidsapp.privacy.phi import Identifiers, scan_tree
+from bidsapp.privacy.phi import Identifier, Identifiers, scan_tree
 from bidsapp.privacy.profiles import date_offset, load_secret, profile
 from tests.conftest import MakeExam, RunCli, published_files
 
@@ -180,3 +181,34 @@ def test_shifted_dates_keep_intervals_and_hold_across_reruns_and_machines(
     text = everything_text(output)
     assert str(abs(offset)) not in text, "the offset itself is never published"
     assert (tmp_path / "map.secret").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_name_word_that_is_also_a_word_of_bidsapp_s_own_text(
+    bidsapp: RunCli, make_exam: MakeExam, tmp_path: Path
+) -> None:
+    """Issue 12 item 5: `Xq7^dcm2niix` publishes. The word is the patient's in copied text
+    (a series description, sidecars: removed) and bidsapp's own in the report's versions
+    table (kept); the whole name and the ID still count everywhere."""
+    patient = Patient(name="Xq7^dcm2niix", patient_id="QZ5521", birth_date="19580611")
+    make_exam(
+        "01",
+        patient=patient,
+        series=(Series("anat-T1w", "t1w", description="T1 mprage dcm2niix"),),
+    )
+    out = tmp_path / "out"
+
+    result = bidsapp(tmp_path / "source", out, "participant")
+
+    assert result.returncode == 0, result.stderr
+    copied = [p for p in (out / "sub-01").rglob("*") if p.is_file()]
+    assert copied
+    words = Identifiers([Identifier("PatientName", ("dcm2niix",))])
+    assert scan_tree(out / "sub-01", words) == []  # sidecars, TSVs, NIfTI headers, names
+    gate = json.loads((out / "derivatives/bidsapp/sub-01/log/gate.json").read_text())
+    descriptions = [s.get("description", "") for s in gate["series"]]
+    assert descriptions and not any("dcm2niix" in d.lower() for d in descriptions)
+    report = (out / "derivatives/bidsapp/sub-01/log/report.html").read_text()
+    assert "T1 mprage" not in report or "T1 mprage dcm2niix" not in report
+    assert re.search(r"<td>dcm2niix</td>", report), "the versions table names dcm2niix"
+    whole = Identifiers.collect([{"PatientName": patient.name, "PatientID": "QZ5521"}], None)
+    assert scan_tree(out, whole.except_words(frozenset({"dcm2niix"}))) == []

@@ -504,3 +504,24 @@ def test_p3_forms_are_counted_not_listed_in_the_report() -> None:
     assert set(report["other_written_forms"]) == {"PatientName", "PatientBirthDate", "PatientID"}
     text = json.dumps(report).casefold()
     assert "joao" not in text and "778899" not in text and "1975" not in text
+
+
+def test_except_words_drops_only_single_name_words() -> None:
+    """Issue 12 item 5: for bidsapp's own text, a name word that is also one of its words."""
+    ids = ids_of(PatientName="Xq7^dcm2niix", PatientID="dcm2niix7", PatientBirthDate="19580611")
+    own = ids.except_words(frozenset({"dcm2niix", "report"}))
+    assert ids.find("dcm2niix v1.0") == ["PatientName"]
+    assert own.find("dcm2niix v1.0") == []
+    assert ids.name_words_in(frozenset({"dcm2niix"})) == 1
+    for whole in ("Xq7 dcm2niix", "xq7dcm2niix", "dcm2niix7", "1958-06-11", "Xq7"):
+        assert own.find(whole) == ids.find(whole) != [], whole
+    # a one-word name is the whole name: never dropped
+    single = ids_of(PatientName="dcm2niix")
+    assert single.except_words(frozenset({"dcm2niix"})).find("dcm2niix") == ["PatientName"]
+
+
+def test_own_words_come_from_the_package_s_text() -> None:
+    from bidsapp.pipeline.vocabulary import own_words, words_of
+
+    assert {"dcm2niix", "heudiconv", "versions", "roboto"} <= own_words()
+    assert words_of('"""A docstring."""\nX = "Kept words"\n') == {"kept", "words"}
