@@ -61,11 +61,27 @@ def _console_format(record: Record) -> str:
     return "<green>{time:HH:mm:ss}</green> <level>{level: <7}</level> " + prefix + "{message}\n"
 
 
+def known_level(level: str) -> bool:
+    """Whether loguru has a level of that name (any case)."""
+    try:
+        logger.level(level.upper())
+    except ValueError:
+        return False
+    return True
+
+
 def setup_console(level: str = "INFO") -> None:
-    """Replace loguru's default sink with the redacted human console sink."""
+    """Replace loguru's default sink with the redacted human console sink.
+
+    An unknown level leaves an INFO console in place before it raises ValueError, so the error
+    can still be printed.
+    """
     logger.remove()
     logger.configure(patcher=_patch)
-    logger.add(sys.stderr, level=level.upper(), format=_console_format, colorize=None)
+    known = known_level(level)
+    logger.add(sys.stderr, level=level.upper() if known else "INFO", format=_console_format)
+    if not known:
+        raise ValueError(f"unknown log level {level!r}")
 
 
 def add_json_log(path: Path) -> Callable[[], None]:

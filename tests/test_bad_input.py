@@ -330,3 +330,35 @@ def test_p4_every_component_of_a_map_source_is_an_identifier(
     assert failed_log.is_file()
     text = failed_log.read_text(encoding="utf-8").lower()
     assert "zyxwvut" not in text and "qqqq" not in text
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--deface-cmd", "pydeface '{in} --outfile {out}"], ["--deface-cmd", "quotation"]),
+        (["--deface-cmd", "pydeface {in}"], ["--deface-cmd", "{out}"]),
+        (["--log-level", "bogus"], ["--log-level", "bogus"]),
+    ],
+    ids=["deface-quote", "deface-placeholder", "log-level"],
+)
+def test_t2_bad_options_are_refused_before_any_work(
+    bidsapp: RunCli, make_exam: MakeExam, tmp_path: Path, args: list[str], words: list[str]
+) -> None:
+    make_exam("01")
+    out = tmp_path / "out"
+    result = bidsapp(tmp_path / "source", out, "participant", *args)
+    assert_fails(result, 64, out, *words)
+    assert "started" not in result.stderr  # refused at the start, not after staging
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("BIDSAPP_DRIVE_RPS", "abc"), ("BIDSAPP_DRIVE_RPS", "-1"), ("BIDSAPP_LOG_LEVEL", "bogus")],
+)
+def test_t2_bad_environment_variables_are_usage_errors(
+    bidsapp: RunCli, make_exam: MakeExam, tmp_path: Path, variable: str, value: str
+) -> None:
+    make_exam("01")
+    out = tmp_path / "out"
+    result = bidsapp(tmp_path / "source", out, "participant", env={variable: value})
+    assert_fails(result, 64, out, variable)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -212,3 +214,54 @@ def test_a_name_word_that_is_also_a_word_of_bidsapp_s_own_text(
     assert re.search(r"<td>dcm2niix</td>", report), "the versions table names dcm2niix"
     whole = Identifiers.collect([{"PatientName": patient.name, "PatientID": "QZ5521"}], None)
     assert scan_tree(out, whole.except_words(frozenset({"dcm2niix"}))) == []
+
+
+@pytest.mark.parametrize("dates", ["shift", "drop"])
+def test_p1_deid_none_refuses_a_date_shift_or_drop(
+    bidsapp: RunCli, make_exam: MakeExam, tmp_path: Path, dates: str
+) -> None:
+    make_exam("01")
+    out = tmp_path / "out"
+    result = bidsapp(tmp_path / "source", out, "participant", "--deid", "none", "--dates", dates)
+    assert result.returncode == 64, result.stderr
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and f"--dates {dates}" in errors[0]
+    assert not out.exists() or published_files(out) == []
+
+
+# stands in for pydeface: zeroes the last 40 bytes of the image (stdlib only, for speed)
+FAKE_DEFACE = """
+import gzip, sys
+data = gzip.decompress(open(sys.argv[1], "rb").read())
+open(sys.argv[2], "wb").write(gzip.compress(data[:-40] + bytes(40)))
+"""
+
+
+def test_p1_deid_none_still_defaces_and_the_manifest_says_what_was_done(
+    bidsapp: RunCli, make_exam: MakeExam, tmp_path: Path
+) -> None:
+    make_exam("01")
+    script = tmp_path / "fake_deface.py"
+    script.write_text(FAKE_DEFACE)
+    out = tmp_path / "out"
+    deface_cmd = f"{sys.executable} {script} {{in}} {{out}}"
+
+    result = bidsapp(
+        tmp_path / "source", out, "participant", "--deid", "none", "--deface-cmd", deface_cmd
+    )
+
+    assert result.returncode == 0, result.stderr
+    t1w = out / "sub-01/anat/sub-01_T1w.nii.gz"
+    assert gzip.decompress(t1w.read_bytes())[-40:] == bytes(40), "the T1w was defaced"
+    log = out / "derivatives/bidsapp/sub-01/log"
+    manifest = json.loads((log / "manifest.json").read_text())
+    assert manifest["options"] == {
+        "participant_fields": [],
+        "deid_profile": "none",
+        "dates": "keep",
+        "sourcedata": False,
+        "deface_cmd": True,
+    }
+    gate = json.loads((log / "gate.json").read_text())
+    assert gate["deid"]["defaced"] == ["sub-01/anat/sub-01_T1w.nii.gz"]
+    assert gate["deid"]["dates"] == "keep"

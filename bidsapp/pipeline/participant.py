@@ -278,7 +278,7 @@ class Job:
         settings, label = self.settings, self.subject.label
         secret = load_secret(settings.date_secret) if settings.dates == "shift" else b""
         offset = date_offset(label, secret) if secret else 0
-        report: dict[str, Any] = {"profile": "none"}
+        report: dict[str, Any] = {"profile": "none", "dates": settings.dates}
         if settings.deid_profile != "none":
             result = deidentify(
                 bids_root / f"sub-{label}",
@@ -287,9 +287,9 @@ class Job:
                 dates=settings.dates,
                 offset_days=offset,
             )
-            if settings.deface_cmd:
-                result.defaced = deface(bids_root / f"sub-{label}", settings.deface_cmd)
             report = result.to_json()
+        if settings.deface_cmd:  # faces are not header text: defaced whatever the profile
+            report["defaced"] = deface(bids_root / f"sub-{label}", settings.deface_cmd)
         if settings.sourcedata:
             dest = work / "sourcedata" / self.target.data
             seed = dicom_seed(label, secret or load_secret(settings.date_secret))

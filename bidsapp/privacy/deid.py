@@ -51,7 +51,8 @@ from bidsapp.privacy.profiles import (
 )
 from bidsapp.tools import ToolFailed, run
 
-__all__ = ["DATE_MODES", "DeidReport", "Rule", "date_offset", "deface", "deidentify"]
+__all__ = ["DATE_MODES", "DeidReport", "Rule", "date_offset", "deface", "deface_template"]
+__all__ += ["deidentify"]
 __all__ += ["deidentify_dicoms", "dicom_seed", "load_secret", "profile", "shift_date"]
 
 NA = "n/a"
@@ -392,11 +393,20 @@ def anatomical_images(subject_dir: Path) -> list[Path]:
     return sorted(images)
 
 
-def deface(subject_dir: Path, command: str) -> list[str]:
-    """Run the user's defacing command ({in} and {out} placeholders) on every anatomical image."""
-    template = shlex.split(command)
+def deface_template(command: str) -> list[str]:
+    """The defacing command as words; a usage error when it cannot be run as given."""
+    try:
+        template = shlex.split(command)
+    except ValueError as exc:  # an unbalanced quote
+        raise UsageError(f"--deface-cmd cannot be read: {exc}", hint="check its quotes") from None
     if not any("{in}" in a for a in template) or not any("{out}" in a for a in template):
         raise UsageError("--deface-cmd needs {in} and {out}, e.g. 'pydeface {in} --outfile {out}'")
+    return template
+
+
+def deface(subject_dir: Path, command: str) -> list[str]:
+    """Run the user's defacing command ({in} and {out} placeholders) on every anatomical image."""
+    template = deface_template(command)
     done = []
     for image in anatomical_images(subject_dir):
         rel = image.relative_to(subject_dir.parent).as_posix()

@@ -42,6 +42,7 @@ from bidsapp.errors import (
     TemporaryFailure,
     UsageError,
 )
+from bidsapp.settings import env_number
 from bidsapp.stores.base import Entry, Store, md5_of
 from bidsapp.stores.drive_api import (
     EMPTY_MD5,
@@ -81,13 +82,13 @@ class DriveOptions:
     def from_settings(cls, settings: Settings | None) -> DriveOptions:
         env = os.environ.get
         creds = getattr(settings, "credentials", None) or env("BIDSAPP_CREDENTIALS") or None
-        rps = getattr(settings, "drive_rps", None) or float(env("BIDSAPP_DRIVE_RPS", DEFAULT_RPS))
+        rps = getattr(settings, "drive_rps", None) or env_number("DRIVE_RPS", DEFAULT_RPS)
         return cls(
             credentials=Path(creds) if creds else None,
             rps=float(rps),
             backoff=Backoff.parse(env("BIDSAPP_DRIVE_BACKOFF", "")),
-            workers=max(1, int(env("BIDSAPP_DRIVE_WORKERS", "16"))),
-            lock_stale=float(env("BIDSAPP_DRIVE_LOCK_STALE", "600")),
+            workers=max(1, int(env_number("DRIVE_WORKERS", 16))),
+            lock_stale=env_number("DRIVE_LOCK_STALE", 600),
         )
 
 
