@@ -362,3 +362,28 @@ def test_t2_bad_environment_variables_are_usage_errors(
     out = tmp_path / "out"
     result = bidsapp(tmp_path / "source", out, "participant", env={variable: value})
     assert_fails(result, 64, out, variable)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "words"),
+    [
+        ("o.toml", b'[[series]]\nnumber = 2\nskip = "caf\xe9"\n', ["not UTF-8"]),
+        ("o.json", b"[" * 100_000 + b"]" * 100_000, ["nested too deeply"]),
+        ("o.toml", b"x = " + b"[" * 100_000 + b"]" * 100_000, ["nested too deeply"]),
+    ],
+    ids=["latin-1", "deep-json", "deep-toml"],
+)
+def test_t2_unreadable_overrides_are_usage_errors(
+    bidsapp: RunCli,
+    make_exam: MakeExam,
+    tmp_path: Path,
+    name: str,
+    content: bytes,
+    words: list[str],
+) -> None:
+    make_exam("01")
+    (tmp_path / name).write_bytes(content)
+    out = tmp_path / "out"
+    result = bidsapp(tmp_path / "source", out, "participant", "--overrides", tmp_path / name)
+    assert_fails(result, 64, out, "overrides", *words)
+    assert "started" not in result.stderr
