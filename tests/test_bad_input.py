@@ -387,3 +387,39 @@ def test_t2_unreadable_overrides_are_usage_errors(
     result = bidsapp(tmp_path / "source", out, "participant", "--overrides", tmp_path / name)
     assert_fails(result, 64, out, "overrides", *words)
     assert "started" not in result.stderr
+
+
+def test_t2_odd_files_in_an_exam_are_listed_and_the_rest_publishes(
+    bidsapp: RunCli, make_exam: MakeExam, tmp_path: Path
+) -> None:
+    exam = make_exam("01", series=T1_ONLY)
+    with open(bytes(exam) + b"/notas_Jo\xe3o.txt", "wb") as fh:  # Latin-1 name
+        fh.write(b"not DICOM")
+    (exam / "dangling.dcm").symlink_to(tmp_path / "nowhere")
+    os.mkfifo(exam / "pipe")
+    out = tmp_path / "out"
+
+    result = bidsapp(tmp_path / "source", out, "participant")
+
+    assert_published_t1w(result, out)
+    gate = json.loads((out / "derivatives/bidsapp/sub-01/log/gate.json").read_text())
+    assert sorted(gate["skipped_files"], key=lambda s: s["file"]) == [
+        {"file": "dangling.dcm", "reason": "broken symbolic link"},
+        {"file": "notas_Jo\\xe3o.txt", "reason": "not DICOM"},
+        {"file": "pipe", "reason": "not a regular file (FIFO, socket or device)"},
+    ]
+
+
+def test_w1_studies_of_two_patients_in_one_exam_fail_with_65(
+    bidsapp: RunCli, tmp_path: Path
+) -> None:
+    exam = tmp_path / "source" / "01"
+    write_session(exam / "a", patient=PATIENT, series=T1_ONLY, seed=1)
+    write_session(exam / "b", patient=Patient(name="Qwerty^Ytrewq", patient_id="QW1"), seed=2)
+    out = tmp_path / "out"
+
+    result = bidsapp(tmp_path / "source", out, "participant")
+
+    assert_fails(result, 65, out, "2 different patients", "one_person")
+    assert_no_phi(result)
+    assert "qwerty" not in output_text(result).lower()

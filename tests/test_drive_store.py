@@ -34,6 +34,7 @@ from bidsapp.stores.drive import DriveStore, escape
 SA = "bidsapp@proj.iam.gserviceaccount.com"
 LAB = "lab@example.org"
 FAST = "0.005,0.05,8,30"
+T1 = (Series("anat-T1w", "t1w"),)
 
 
 @pytest.fixture
@@ -64,8 +65,7 @@ def seed_source(emu: Emulator) -> tuple[str, dict[str, bytes]]:
         emu.file(rel.split("/")[-1], data, parent=series if "/" in rel else exam, owner=LAB)
     elsewhere = emu.folder("elsewhere", parent=source, owner=LAB)
     target = emu.file("linked.dcm", b"via a shortcut" * 100, parent=elsewhere, owner=LAB)
-    emu.shortcut("shortcut.dcm", target=target, parent=exam, owner=LAB)
-    files["shortcut.dcm"] = b"via a shortcut" * 100
+    emu.shortcut("shortcut.dcm", target=target, parent=exam, owner=LAB)  # listed, not followed
     emu.share(source, SA, role="reader")
     return source, files
 
@@ -83,7 +83,7 @@ def small_chunks(store: DriveStore) -> DriveStore:
 def stage_and_publish(emu: Emulator, tmp: Path, source_id: str, out_id: str) -> dict[str, str]:
     """Download the exam and publish it by the publish protocol; returns staged md5s by path."""
     source = small_chunks(open_store(f"gdrive://{source_id}"))  # type: ignore[arg-type]
-    walked = list(source.walk("Souza Ana"))
+    walked = [(rel, e) for rel, e in source.walk("Souza Ana") if not e.skipped]
     dest = tmp / "download"
     dest.mkdir(parents=True, exist_ok=True)
     items = [(f"Souza Ana/{rel}", dest / f"{n:03d}") for n, (rel, _) in enumerate(walked)]
@@ -207,6 +207,35 @@ def test_hostile_names_stage_safely(emu: Emulator, tmp_path: Path) -> None:
     inside = sorted(p.relative_to(work).as_posix() for p in work.rglob("*") if p.is_file())
     assert inside == [f"dicom/study-1/{n:06d}.dcm" for n in range(1, len(names) + 1)]
     assert not (tmp_path / "evil").exists() and not Path("/etc/x").exists()
+
+
+def test_w1_a_shortcut_inside_an_exam_is_listed_not_followed(emu: Emulator, tmp_path: Path) -> None:
+    """Another patient's file reached through a shortcut in the exam folder is never staged."""
+    root = emu.my_drive(LAB)
+    source = emu.folder("exams", parent=root, owner=LAB)
+    exam = emu.folder("Souza Ana", parent=source, owner=LAB)
+    other = emu.folder("Lima Rui", parent=source, owner=LAB)
+    mine = write_session(
+        tmp_path / "mine", patient=Patient(name="Souza^Ana", patient_id="P1"), series=T1
+    )
+    theirs = write_session(
+        tmp_path / "theirs", patient=Patient(name="Lima^Rui", patient_id="P2"), series=T1, seed=2
+    )
+    for path in mine:
+        emu.file(path.name, path.read_bytes(), parent=exam, owner=LAB)
+    target = emu.file("t1.dcm", theirs[0].read_bytes(), parent=other, owner=LAB)
+    emu.shortcut("zz-shortcut.dcm", target=target, parent=exam, owner=LAB)
+    emu.shortcut("zz-folder", target=other, parent=exam, owner=LAB)
+    emu.share(source, SA)
+
+    result = stage(open_store(f"gdrive://{source}"), "Souza Ana", tmp_path / "work")
+
+    assert result.files == len(mine)
+    assert sorted(result.skipped) == [
+        ("zz-folder", "Drive shortcut (not followed)"),
+        ("zz-shortcut.dcm", "Drive shortcut (not followed)"),
+    ]
+    assert {str(h["PatientID"]) for h in result.headers} == {"P1"}
 
 
 def test_quotes_backslashes_and_duplicate_folder_names(emu: Emulator) -> None:

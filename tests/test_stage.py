@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
 import shutil
 import tarfile
@@ -19,7 +20,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MediaStorageDirectoryStorage, generate_uid
 
 from bidsapp.errors import BadInputData
-from bidsapp.pipeline.stage import StagedExam, stage
+from bidsapp.pipeline.stage import StagedExam, distinct_patients, stage
 from bidsapp.stores.local import LocalStore
 
 LOCALIZER = (Series("localizer", "localizer"),)  # three small slices: the fastest real session
@@ -45,9 +46,11 @@ def _session(dest: Path, **kwargs: object) -> list[Path]:
     return write_session(dest, **kwargs)  # type: ignore[arg-type]
 
 
-def _run(tmp_path: Path, exam: str = "exam") -> tuple[StagedExam, Path]:
+def _run(
+    tmp_path: Path, exam: str = "exam", *, one_person: bool = False
+) -> tuple[StagedExam, Path]:
     work = tmp_path / "work"
-    return stage(LocalStore(tmp_path / "src"), exam, work), work
+    return stage(LocalStore(tmp_path / "src"), exam, work, one_person=one_person), work
 
 
 def _staged(work: Path) -> list[Path]:
@@ -493,6 +496,85 @@ def test_headers_hold_distinct_values(tmp_path: Path) -> None:
     # a second identity (another ID for the same name) is a second entry
     _session(exam / "other", patient=Patient(name="Souza^Maria", patient_id="X-2"), seed=9)
     shutil.rmtree(tmp_path / "work")
-    result, _ = _run(tmp_path)
+    result, _ = _run(tmp_path, one_person=True)  # two IDs: the map must say it is one person
     assert result.files == 103
     assert sorted(str(h["PatientID"]) for h in result.headers) == ["PID777", "X-2"]
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 16: links, special files, odd names, several patients
+
+
+def test_w1_links_and_special_files_are_listed_not_followed(tmp_path: Path) -> None:
+    exam = tmp_path / "src" / "exam"
+    mine = _session(exam / "series", patient=Patient(name="Souza^Maria", patient_id="P1"))
+    theirs = _session(
+        tmp_path / "src" / "other", patient=Patient(name="Lima^Rui", patient_id="P2"), seed=2
+    )
+    (exam / "to-another-patient.dcm").symlink_to(theirs[0])
+    (exam / "to-a-system-file").symlink_to("/etc/passwd")
+    (exam / "to-a-folder").symlink_to(tmp_path / "src" / "other", target_is_directory=True)
+    (exam / "inside.dcm").symlink_to(mine[0])
+    (exam / "dangling.dcm").symlink_to(tmp_path / "nowhere")
+    os.mkfifo(exam / "pipe")
+
+    result, work = _run(tmp_path)
+
+    assert result.files == len(mine)
+    assert {str(h["PatientID"]) for h in result.headers} == {"P1"}
+    assert sorted(result.skipped) == [
+        ("dangling.dcm", "broken symbolic link"),
+        ("inside.dcm", "symbolic link (its target is staged itself)"),
+        ("pipe", "not a regular file (FIFO, socket or device)"),
+        ("to-a-folder", "symbolic link to outside the exam folder"),
+        ("to-a-system-file", "symbolic link to outside the exam folder"),
+        ("to-another-patient.dcm", "symbolic link to outside the exam folder"),
+    ]
+    _assert_only_numbered_files(work)
+
+
+def test_t2_a_file_name_that_is_not_utf8_is_staged_and_shown_escaped(tmp_path: Path) -> None:
+    exam = tmp_path / "src" / "exam"
+    dicoms = _session(exam)
+    os.rename(dicoms[0], bytes(exam) + b"/IM_Jo\xe3o.dcm")
+    with open(bytes(exam) + b"/notas_\xe9.txt", "wb") as fh:
+        fh.write(b"not DICOM")
+
+    result, _ = _run(tmp_path)
+
+    assert result.files == len(dicoms)
+    assert result.skipped == [("notas_\\xe9.txt", "not DICOM")]
+    assert all(name.encode("utf-8") for name, _ in result.skipped)
+
+
+@pytest.mark.parametrize(
+    ("patients", "count"),
+    [
+        ([("P1", "Souza^Maria"), ("P2", "Lima^Rui")], 2),
+        ([("P1", "Souza^Maria"), ("P1", "SOUZA^MARIA")], 1),
+        ([("P1", "Souza^Maria"), ("P1", "Souza^Mariana")], 1),  # the ID decides
+        ([("", "Souza^Maria"), ("", "Lima^Rui")], 2),  # no IDs: names decide
+        ([("", "Souza^Maria"), ("", "souza maria")], 1),
+        ([("P1", "Souza^Maria"), ("", "Souza^Maria")], 1),
+        ([("P1", "Souza^Maria"), ("", "Lima^Rui")], 2),
+        ([("", ""), ("", "")], 1),
+    ],
+)
+def test_w1_distinct_patients(patients: list[tuple[str, str]], count: int) -> None:
+    headers = [{"PatientID": pid, "PatientName": name} for pid, name in patients]
+    assert distinct_patients(headers) == count
+
+
+def test_w1_studies_of_two_patients_fail_unless_the_map_says_one_person(tmp_path: Path) -> None:
+    exam = tmp_path / "src" / "exam"
+    _session(exam / "a", patient=Patient(name="Souza^Maria", patient_id="P1"), seed=1)
+    _session(exam / "b", patient=Patient(name="Lima^Rui", patient_id="P2"), seed=2)
+
+    with pytest.raises(BadInputData, match="2 different patients") as caught:
+        _run(tmp_path)
+    assert caught.value.exit_code == 65
+    assert "P1" not in caught.value.one_line() and "Souza" not in caught.value.one_line()
+
+    shutil.rmtree(tmp_path / "work")
+    result, _ = _run(tmp_path, one_person=True)
+    assert len(result.studies) == 2

@@ -324,8 +324,8 @@ def _mirror(store: Store, dest: Path) -> None:
     everything else whole; bookkeeping and `log/` folders (which validators skip) left out."""
     heads: list[tuple[str, Path]] = []
     whole: list[tuple[str, Path]] = []
-    for n, (rel, _) in enumerate(store.walk("")):
-        if rel.startswith(".bidsapp/") or "/log/" in f"/{rel}":
+    for n, (rel, entry) in enumerate(store.walk("")):
+        if rel.startswith(".bidsapp/") or "/log/" in f"/{rel}" or entry.skipped:
             continue
         local = dest / rel
         if dest not in local.parents:  # the store's own names; never let one climb out

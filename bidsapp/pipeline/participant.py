@@ -72,7 +72,8 @@ def fingerprint(source: Store, subject: Subject, heuristic: Heuristic) -> str:
     """What the output depends on: the exam's listing, the labels and the heuristic."""
     digest = hashlib.sha256()
     for rel, entry in source.walk(subject.source):
-        digest.update(f"{rel}\0{entry.key}\n".encode())
+        # surrogateescape: a file name that is not UTF-8 still counts, byte for byte
+        digest.update(f"{rel}\0{entry.key}\0{entry.skipped}\n".encode("utf-8", "surrogateescape"))
     digest.update(f"{subject.label}\0{subject.session}\0{heuristic.sha256}".encode())
     return digest.hexdigest()
 
@@ -183,7 +184,10 @@ class Job:
         check_layout(self.output, self.target)  # before any work; publish checks it again
         status.save(self.output, "started")
 
-        staged = self._timed("stage", lambda: stage(self.source, subject.source, work))
+        staged = self._timed(
+            "stage",
+            lambda: stage(self.source, subject.source, work, one_person=subject.one_person),
+        )
         self.ids = self.ids.merge(Identifiers.collect(staged.headers, exam_name, subject.label))
         logs.redactor.add_identifiers(self.ids)
         log.info(

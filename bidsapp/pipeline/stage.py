@@ -27,6 +27,7 @@ from pydicom.tag import BaseTag
 from pydicom.valuerep import VR
 
 from bidsapp.errors import BadInputData
+from bidsapp.privacy.phi import tokenize
 from bidsapp.stores import Store
 
 DICOMDIR_UID = "1.2.840.10008.1.3.10"
@@ -87,25 +88,34 @@ class StagedExam:
     bytes: int = 0
 
 
-def stage(store: Store, exam: str, work: Path) -> StagedExam:
-    """Download, unpack, check and sort one exam folder into work/dicom/study-N/."""
+def stage(store: Store, exam: str, work: Path, *, one_person: bool = False) -> StagedExam:
+    """Download, unpack, check and sort one exam folder into work/dicom/study-N/.
+
+    Studies of different patients fail (65) unless `one_person` (the subject map says so).
+    """
     download = work / "download"
     download.mkdir(mode=0o700, parents=True, exist_ok=True)
     pending: list[tuple[str, Path]] = []
     wanted: list[tuple[str, Path]] = []
+    set_aside: list[tuple[str, str]] = []
     total_bytes = 0
     for n, (rel, entry) in enumerate(store.walk(exam)):
+        if entry.skipped:  # links, shortcuts and special files are listed, never read
+            set_aside.append((shown(rel), entry.skipped))
+            continue
         local = download / f"{n:07d}"
         wanted.append((f"{exam}/{rel}" if exam else rel, local))
-        pending.append((rel, local))
+        pending.append((shown(rel), local))
         total_bytes += entry.size
     store.download_many(wanted)  # in parallel where the store gains by it (Drive)
     if not pending:
+        what = f"holds no files it can read ({len(set_aside)} set aside)" if set_aside else ""
         raise BadInputData(
-            "the exam folder is empty", hint="check the subject map points at the exam"
+            f"the exam folder {what or 'is empty'}",
+            hint="check the subject map points at the exam",
         )
 
-    result = StagedExam(studies=[], bytes=total_bytes)
+    result = StagedExam(studies=[], bytes=total_bytes, skipped=set_aside)
     files = list(_expand(pending, download, 0, result))
     by_study: dict[str, list[Path]] = {}
     started: dict[str, str] = {}
@@ -130,6 +140,14 @@ def stage(store: Store, exam: str, work: Path) -> StagedExam:
         raise BadInputData(
             f"the exam folder holds {what}", hint="check the exam was exported as DICOM"
         )
+    patients = distinct_patients(result.headers)
+    if patients > 1 and not one_person:
+        raise BadInputData(
+            f"the exam folder holds studies of {patients} different patients (by PatientID, or "
+            "by name where the ID is missing)",
+            hint="map each patient's folder to its own participant, or write 'yes' in the "
+            "subject map's one_person column if they are one person",
+        )
     dicom = work / "dicom"
     for k, uid in enumerate(sorted(by_study, key=lambda u: (started[u], u)), start=1):
         folder = dicom / f"study-{k}"
@@ -139,6 +157,29 @@ def stage(store: Store, exam: str, work: Path) -> StagedExam:
         result.studies.append(Study(uid, started[uid], folder, len(by_study[uid])))
         result.files += len(by_study[uid])
     return result
+
+
+def shown(name: str) -> str:
+    """A source name as text: bytes that were not UTF-8 shown as \\xNN (names stay in memory
+    and reports; they never become paths)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def distinct_patients(headers: list[dict[str, Any]]) -> int:
+    """How many people the staged headers belong to: the distinct PatientIDs, plus each name
+    seen only without an ID that no study with an ID carries (case and accents aside)."""
+    ids: set[tuple[str, ...]] = set()
+    named_with_id: set[tuple[str, ...]] = set()
+    named_only: set[tuple[str, ...]] = set()
+    for header in headers:
+        pid = tokenize(str(header.get("PatientID") or ""))
+        name = tokenize(str(header.get("PatientName") or ""))
+        if pid:
+            ids.add(pid)
+            named_with_id.add(name)
+        elif name:
+            named_only.add(name)
+    return max(len(ids) + len(named_only - named_with_id), 1 if headers else 0)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import dataclasses
 import errno
 import io
 import os
@@ -64,6 +65,7 @@ if TYPE_CHECKING:
 DEFAULT_RPS = 10.0
 SHARED_DRIVES = "Shared drives"  # gdrive:/Shared drives/NAME/path, as Drive's web UI shows it
 CREATE_SHARE = 0.3  # file creation is throttled by Drive at a few per second: 3/s at the default
+NOT_FOLLOWED = "Drive shortcut (not followed)"
 _ESCAPE = re.compile(r"[%/\x00-\x1f\x7f]")
 _LOCK = re.compile(r"^(?P<name>.+)\.(?P<token>[0-9a-f]{32})\.lock$")
 
@@ -432,12 +434,21 @@ class DriveStore:
         return entries
 
     def _entries(
-        self, folder_id: str, path: str
+        self, folder_id: str, path: str, *, follow: bool = True
     ) -> builtins.list[tuple[str, Entry, dict[str, Any]]]:
-        """(store path, entry, metadata) of a folder's children; Google Docs are left out."""
+        """(store path, entry, metadata) of a folder's children; Google Docs are left out.
+
+        Without `follow`, a shortcut is an entry marked skipped: inside an exam folder it could
+        lead to another patient's files (and one to a file of the exam only repeats it).
+        """
         out = []
         skipped = 0
         for meta in self.client.children(folder_id, drive_id=self.drive_id):
+            if not follow and meta.get("mimeType") == SHORTCUT:
+                name = escape(str(meta["name"]))
+                shortcut = Entry(name, False, ref=f"id:{meta['id']}", skipped=NOT_FOLLOWED)
+                out.append((f"{path}/{name}" if path else name, shortcut, meta))
+                continue
             target = self._follow(meta)
             if target is None:
                 continue
@@ -466,7 +477,7 @@ class DriveStore:
         self, folder_id: str, path: str, rel: str, seen: set[str]
     ) -> Iterator[tuple[str, Entry]]:
         children: builtins.list[tuple[str, Entry, dict[str, Any]]] = sorted(
-            self._entries(folder_id, path), key=lambda c: (c[1].name, age(c[2]))
+            self._entries(folder_id, path, follow=False), key=lambda c: (c[1].name, age(c[2]))
         )
         taken: set[str] = set()
         folders: builtins.list[tuple[str, str, dict[str, Any]]] = []
@@ -479,9 +490,10 @@ class DriveStore:
             if entry.is_dir:
                 folders.append((full, name, meta))
                 continue
-            with self._lock:
-                self._files[full] = meta
-            yield (f"{rel}{name}", Entry(name, False, entry.size, entry.key, entry.ref))
+            if not entry.skipped:
+                with self._lock:
+                    self._files[full] = meta
+            yield (f"{rel}{name}", dataclasses.replace(entry, name=name))
         for full, name, meta in folders:
             if meta["id"] in seen:
                 self._warn_once("cycle", "a shortcut loops back into its own folder: skipped")

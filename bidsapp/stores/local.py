@@ -7,6 +7,7 @@ import errno
 import fcntl
 import os
 import shutil
+import stat
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -53,7 +54,10 @@ class LocalStore:
             raise LocationNotFound(f"{path or '.'} is not a folder in {self.root}")
         entries = []
         for child in sorted(folder.iterdir(), key=lambda p: p.name):
-            st = child.stat()
+            try:
+                st = child.stat()
+            except OSError:  # a broken link: listed as the file it claims to be, never read
+                st = child.lstat()
             is_dir = child.is_dir()
             key = "" if is_dir else f"{st.st_size}:{st.st_mtime_ns}"
             entries.append(Entry(child.name, is_dir, 0 if is_dir else st.st_size, key))
@@ -63,13 +67,15 @@ class LocalStore:
         base = self._path(path)
         if not base.is_dir():
             raise LocationNotFound(f"{path or '.'} is not a folder in {self.root}")
-        for dirpath, dirnames, filenames in os.walk(base):
+        inside = base.resolve()
+        for dirpath, dirnames, filenames in os.walk(base):  # never descends into linked folders
             dirnames.sort()
-            for name in sorted(filenames):
-                full = Path(dirpath, name)
-                st = full.stat()
+            here = Path(dirpath)
+            linked = [name for name in dirnames if (here / name).is_symlink()]
+            for name in sorted([*filenames, *linked]):
+                full = here / name
                 rel = full.relative_to(base).as_posix()
-                yield rel, Entry(name, False, st.st_size, f"{st.st_size}:{st.st_mtime_ns}")
+                yield rel, _entry(full, inside)
 
     def exists(self, path: str) -> bool:
         return self._path(path).exists()
@@ -153,6 +159,23 @@ class LocalStore:
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
             fh.close()
+
+
+def _entry(full: Path, inside: Path) -> Entry:
+    """A walked file's entry; a link is listed, not followed (it could reach another patient's
+    exam or a system file), and neither is a FIFO, socket or device read."""
+    st = full.lstat()
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            target = full.resolve(strict=True)
+        except (OSError, RuntimeError):  # dangling, or a loop
+            return Entry(full.name, False, skipped="broken symbolic link")
+        if not target.is_relative_to(inside):
+            return Entry(full.name, False, skipped="symbolic link to outside the exam folder")
+        return Entry(full.name, False, skipped="symbolic link (its target is staged itself)")
+    if not stat.S_ISREG(st.st_mode):
+        return Entry(full.name, False, skipped="not a regular file (FIFO, socket or device)")
+    return Entry(full.name, False, st.st_size, f"{st.st_size}:{st.st_mtime_ns}")
 
 
 @contextmanager
