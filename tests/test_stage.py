@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tarfile
 import zipfile
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 from bidsapp_sandbox.exams import Patient, Series, write_session
@@ -22,6 +26,7 @@ from pydicom.uid import ExplicitVRLittleEndian, MediaStorageDirectoryStorage, ge
 from bidsapp.errors import BadInputData
 from bidsapp.pipeline.stage import StagedExam, distinct_patients, stage
 from bidsapp.stores.local import LocalStore
+from tests.conftest import need
 
 LOCALIZER = (Series("localizer", "localizer"),)  # three small slices: the fastest real session
 STAGED_NAME = re.compile(r"^study-\d+/\d{6}\.dcm$")
@@ -578,3 +583,82 @@ def test_w1_studies_of_two_patients_fail_unless_the_map_says_one_person(tmp_path
     shutil.rmtree(tmp_path / "work")
     result, _ = _run(tmp_path, one_person=True)
     assert len(result.studies) == 2
+
+
+def _zeros_zip(path: Path, member_size: int, extra: Path) -> None:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("bomb.bin", bytes(member_size))
+        zf.write(extra, "images/0001.dcm")
+
+
+def test_u4_archive_members_that_expand_too_far_are_refused_and_listed(tmp_path: Path) -> None:
+    exam = tmp_path / "src" / "exam"
+    dicoms = _session(exam / "loose")
+    _zeros_zip(exam / "upload.zip", 16 << 20, dicoms[0])  # 16 MB of zeros: about 1000:1
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        info = tarfile.TarInfo("zeros.raw")
+        info.size = 16 << 20
+        tf.addfile(info, io.BytesIO(bytes(info.size)))
+    (exam / "more.tar.gz").write_bytes(buf.getvalue())
+
+    result, work = _run(tmp_path)
+
+    assert result.files == len(dicoms) + 1  # the DICOM inside the zip is staged
+    refused = {name: reason for name, reason in result.skipped if reason.startswith("refused")}
+    assert set(refused) == {"upload.zip!bomb.bin", "more.tar.gz!zeros.raw"}
+    assert all("200:1" in reason for reason in refused.values())
+    _assert_only_numbered_files(work)
+
+
+STAGE_IN_SMALL_WORK_DIR = """
+import json, sys
+from pathlib import Path
+from bidsapp.pipeline.stage import stage
+from bidsapp.stores.local import LocalStore
+result = stage(LocalStore(Path(sys.argv[1])), "exam", Path(sys.argv[2]) / "job")
+print(json.dumps(result.skipped))
+"""
+
+
+def test_u4_archive_members_that_would_fill_the_work_dir_are_refused(tmp_path: Path) -> None:
+    need(
+        os.geteuid() == 0 and shutil.which("unshare") is not None,
+        "a small work disk needs root and unshare(1) (a tmpfs in a mount namespace)",
+    )
+    exam = tmp_path / "src" / "exam"
+    dicoms = _session(exam / "loose")
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 2, 4 << 20, dtype=np.uint8).tobytes()  # 4 MB that packs ~4:1
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tf:
+        info = tarfile.TarInfo("big.raw")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    (exam / "big.tar.gz").write_bytes(buf.getvalue())
+    work = tmp_path / "work"
+    work.mkdir()
+
+    proc = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "sh",
+            "-c",
+            'mount -t tmpfs -o size=2m tmpfs "$1" && exec "$2" -c "$3" "$4" "$1"',
+            "sh",
+            str(work),
+            sys.executable,
+            STAGE_IN_SMALL_WORK_DIR,
+            str(tmp_path / "src"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert proc.returncode == 0, proc.stderr
+    skipped = dict(json.loads(proc.stdout))
+    assert "free space" in skipped["big.tar.gz!big.raw"]
+    assert "loose/01/0001.dcm" not in skipped and len(dicoms) == 3
