@@ -423,3 +423,34 @@ def test_w1_studies_of_two_patients_in_one_exam_fail_with_65(
     assert_fails(result, 65, out, "2 different patients", "one_person")
     assert_no_phi(result)
     assert "qwerty" not in output_text(result).lower()
+
+
+def test_t1_a_full_work_disk_is_74_in_one_line_and_the_work_dir_is_removed(
+    bidsapp: RunCli, make_exam: MakeExam, tmp_path: Path, work_dir: Path
+) -> None:
+    """A 4 KB work disk: staging fails, and so does the job's log (the first record, which
+    names OUTPUT three times, is longer than the disk)."""
+    need(
+        os.geteuid() == 0 and shutil.which("unshare") is not None,
+        "a small work disk needs root and unshare(1) (a tmpfs in a mount namespace)",
+    )
+    make_exam("01")
+    deep = tmp_path.joinpath(*["o" * 200] * 8)
+    deep.mkdir(parents=True)
+    out = deep / "out"
+    work_dir.mkdir()
+    small_disk = (
+        "unshare",
+        "--mount",
+        "sh",
+        "-c",
+        f'mount -t tmpfs -o size=4k tmpfs "{work_dir}" || exit 99; "$@"; code=$?; '
+        f'ls -A "{work_dir}" > "{tmp_path}/left.txt"; exit $code',
+        "sh",
+    )
+
+    result = bidsapp(tmp_path / "source", out, "participant", prefix=small_disk)
+
+    assert_fails(result, 74, out, "No space left")
+    assert "Logging error" not in result.stderr
+    assert (tmp_path / "left.txt").read_text() == "", "the work dir was removed"
