@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -23,6 +24,8 @@ from conftest import T1_ONLY, MakeExam, RunCli, error_lines, need, published_fil
 from pydicom import config
 from pydicom.dataset import Dataset, FileMetaDataset
 
+from bidsapp.pipeline.publish import FAULT_ENV
+
 FOLDER = "Zyxwvut Qqqq"  # an exam folder named after the patient, as exports often are
 PATIENT = Patient(
     name="Zyxwvut^Qqqq", patient_id="QX7731Z", birth_date="19620817", accession="ACC99172"
@@ -30,6 +33,7 @@ PATIENT = Patient(
 PHI = ("Zyxwvut", "Qqqq", "QX7731Z", "19620817", "1962-08-17", "ACC99172")
 NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
 T1W = "sub-01/anat/sub-01_T1w.nii.gz"
+MANIFEST = "derivatives/bidsapp/sub-01/log/manifest.json"
 
 
 def output_text(result: subprocess.CompletedProcess[str]) -> str:
@@ -454,3 +458,55 @@ def test_t1_a_full_work_disk_is_74_in_one_line_and_the_work_dir_is_removed(
     assert_fails(result, 74, out, "No space left")
     assert "Logging error" not in result.stderr
     assert (tmp_path / "left.txt").read_text() == "", "the work dir was removed"
+
+
+def test_u2_a_full_output_disk_is_74_naming_output_and_leaves_no_partial_upload(
+    bidsapp: RunCli, make_exam: MakeExam, tmp_path: Path
+) -> None:
+    need(
+        os.geteuid() == 0 and shutil.which("unshare") is not None,
+        "a small OUTPUT disk needs root and unshare(1) (a tmpfs in a mount namespace)",
+    )
+    make_exam("01")
+    out = tmp_path / "out"
+    out.mkdir()
+    listing = tmp_path / "left.txt"
+    small_disk = (
+        "unshare",
+        "--mount",
+        "sh",
+        "-c",
+        f'mount -t tmpfs -o size=32k tmpfs "{out}" || exit 99; "$@"; code=$?; '
+        f'(cd "{out}" && find . -type f | sort && cat .bidsapp/status/sub-01.json) > "{listing}"; '
+        "exit $code",
+        "sh",
+    )
+
+    result = bidsapp(tmp_path / "source", out, "participant", prefix=small_disk)
+
+    assert result.returncode == 74, result.stderr
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1 and "OUTPUT's disk" in errors[0] and "work dir" not in errors[0]
+    left = listing.read_text()
+    files = [line for line in left.splitlines() if line.startswith("./")]
+    assert not [f for f in files if f.startswith("./.bidsapp/incoming/")], files
+    assert not [f for f in files if ".tmp" in f], files
+    assert not [f for f in files if f.startswith("./sub-")], files
+    assert '"state": "failed"' in left and '"exit_code": 74' in left, "the status was written"
+
+
+def test_u2_group_finishes_a_publish_that_stopped_before_its_manifest(
+    bidsapp: RunCli, make_exam: MakeExam, tmp_path: Path
+) -> None:
+    make_exam("01")
+    out = tmp_path / "out"
+    killed = bidsapp(tmp_path / "source", out, "participant", env={FAULT_ENV: "moved"})
+    assert killed.returncode == -signal.SIGKILL
+    assert (out / T1W).is_file() and not (out / MANIFEST).exists()
+
+    group = bidsapp(tmp_path / "source", out, "group")
+
+    assert group.returncode == 0, group.stderr
+    assert "1 published subjects" in group.stderr
+    assert (out / MANIFEST).is_file()
+    assert not any((out / ".bidsapp/incoming").iterdir())

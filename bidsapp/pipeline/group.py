@@ -20,7 +20,14 @@ from loguru import logger
 
 from bidsapp.errors import ValidationFailed
 from bidsapp.pipeline.gate import BIDS_VERSION, validate
-from bidsapp.pipeline.publish import DERIVATIVE, INDEX, Target, init_shared, published_manifest
+from bidsapp.pipeline.publish import (
+    DERIVATIVE,
+    INDEX,
+    Target,
+    init_shared,
+    published_manifest,
+    repair,
+)
 from bidsapp.pipeline.status import read_all
 from bidsapp.report.index import index_entry, render_index
 from bidsapp.settings import Settings
@@ -76,6 +83,7 @@ def run_group(settings: Settings) -> int:
     if settings.init_only:
         logger.info("shared folders ready in {}", store.describe())
         return 0
+    _finish_interrupted(store)
     targets = published_targets(store)
     labels = sorted({t.label for t, _ in targets})
     logger.info("{} published subjects", len(labels))
@@ -94,6 +102,20 @@ def run_group(settings: Settings) -> int:
     _derivative_description(store)
     _index(store, targets)
     return _validate(store, settings.work_dir)
+
+
+def _finish_interrupted(store: Store) -> None:
+    """Finish publishes that stopped after their upload was verified (e.g. the manifest could
+    not be written on a full OUTPUT disk), as the subject's next job would; under its lock."""
+    if not store.exists(".bidsapp/incoming"):
+        return
+    tags = {e.name.rsplit("-", 1)[0] for e in store.list(".bidsapp/incoming") if e.is_dir}
+    for tag in sorted(tags):
+        label, _, session = tag.partition("-")
+        target = Target(label, session)
+        with store.lock(f"sub-{label}"):
+            for action in repair(store, target):
+                logger.warning("{}: {}", target.data, action)
 
 
 def _read_json(store: Store, path: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ verified, dropping it otherwise), then decides from the manifest whether there i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -233,15 +234,23 @@ def publish(
     ]
     sends = [(f, f"{incoming}/{part}/{rel}") for part, f, _, rel in uploads]
     half = len(sends) // 2 + 1  # the "upload" fault point falls halfway through
-    md5s = store.upload_many(sends[:half])
-    if sends:
-        fault("upload")
-    md5s += store.upload_many(sends[half:])
-    for (_, f, path, rel), md5 in zip(uploads, md5s, strict=True):
-        files.append({"path": f"{path}/{rel}", "size": f.stat().st_size, "md5": md5})
-    fault("uploaded")
-    manifest = {**manifest, "files": files}
-    store.write_bytes(f"{incoming}/{PENDING}", json.dumps(manifest, indent=2).encode() + b"\n")
+    try:
+        md5s = store.upload_many(sends[:half])
+        if sends:
+            fault("upload")
+        md5s += store.upload_many(sends[half:])
+        for (_, f, path, rel), md5 in zip(uploads, md5s, strict=True):
+            files.append({"path": f"{path}/{rel}", "size": f.stat().st_size, "md5": md5})
+        fault("uploaded")
+        manifest = {**manifest, "files": files}
+        pending = json.dumps(manifest, indent=2).encode() + b"\n"
+        store.write_bytes(f"{incoming}/{PENDING}", pending)
+    except Exception:
+        # Nothing was swapped in yet: free what the upload took (a full OUTPUT disk must leave
+        # room for the status record), best effort; a rerun's repair drops anything left.
+        with contextlib.suppress(Exception):
+            store.remove(incoming)
+        raise
     fault("pending")
 
     for n, (part, path) in enumerate(target.parts):

@@ -88,8 +88,11 @@ class LocalStore:
         with _writing(target):
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
+            try:
+                tmp.write_bytes(data)
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)  # after a failed write (a full disk): no leftover
 
     def download(self, path: str, dest: Path) -> str:
         src = self._path(path)
@@ -189,7 +192,10 @@ def _writing(target: Path) -> Iterator[None]:
         if exc.errno in (errno.EROFS, errno.EACCES):
             raise OutputNotWritable(f"cannot write {target}: {exc.strerror}") from exc
         if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
-            raise LocalIOError(f"cannot write {target}: {exc.strerror}") from exc
+            raise LocalIOError(
+                f"cannot write {target}: {exc.strerror}",
+                hint="free space on OUTPUT's disk, then rerun: the rerun finishes or redoes it",
+            ) from exc
         raise
 
 
