@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -359,6 +360,32 @@ def test_lock_excludes_and_a_stale_lock_is_taken_over(
     assert most[0] == 1, "two holders at once"
     names = [m["name"] for m in emu.listing(locks) if not m.get("trashed")]
     assert names == [], "every lock file, the stale one included, is gone"
+
+
+def test_a_job_waiting_on_a_stale_lock_says_on_what_and_until_when(
+    emu: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = output_drive(emu)
+    monkeypatch.setenv("BIDSAPP_DRIVE_LOCK_STALE", "3")
+    store = open_store(f"gdrive://{out}", for_output=True)
+    locks = store._folder(".bidsapp/locks", create=True)  # type: ignore[attr-defined]
+    dead = f"sub-01.{'0' * 32}.lock"
+    emu.file(dead, b"a killed job", parent=locks)  # never refreshed
+    said: list[str] = []
+    sink = logger.add(lambda m: said.append(str(m)), level="WARNING", format="{message}")
+    started = datetime.now()
+    try:
+        with store.lock("sub-01"):
+            waited = (datetime.now() - started).total_seconds()
+    finally:
+        logger.remove(sink)
+    waiting = [m for m in said if m.startswith("waiting for the lock")]
+    assert len(waiting) == 1, said
+    assert "sub-01" in waiting[0] and dead in waiting[0]
+    until = datetime.strptime(waiting[0].split("at the latest ")[1][:8], "%H:%M:%S")
+    ahead = (until - started.replace(year=1900, month=1, day=1, microsecond=0)).seconds
+    assert ahead <= 5, "within the 3 s the stale lock has left (and a second of rounding)"
+    assert waited >= 1.0, "it did wait for the stale lock"
 
 
 def test_requests_never_exceed_the_budget_plus_its_burst(

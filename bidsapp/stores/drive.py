@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -726,6 +726,7 @@ class DriveStore:
             target=self._heartbeat, args=(folder, mine_name, stop, stale / 4), daemon=True
         )
         beat.start()
+        told = ""
         try:
             while True:
                 live = [
@@ -746,8 +747,12 @@ class DriveStore:
                 live = [
                     m for m in live if m is me or _time(m["modifiedTime"]).timestamp() >= cutoff
                 ]
-                if min(live, key=age)["id"] == mine:
+                holder = min(live, key=age)
+                if holder["id"] == mine:
                     break
+                if holder["id"] != told:  # once per holder: say what is awaited, and how long
+                    told = holder["id"]
+                    _say_waiting(name, holder, me, stale)
                 stop.wait(min(5.0, max(0.2, stale / 20)))
             with self._lock:
                 self._dirs = {"": self.root_id}  # others may have moved things meanwhile
@@ -788,6 +793,20 @@ class DriveStore:
                 found = self.client.children(folder, drive_id=self.drive_id, name=name)
                 if found:
                     self._touch(folder, name, str(found[0]["id"]))
+
+
+def _say_waiting(name: str, holder: dict[str, Any], me: dict[str, Any], stale: float) -> None:
+    """Another job holds the lock: until when this job may wait, on this machine's clock (the
+    holder's lock goes stale `stale` seconds after its last refresh, as Drive's clock says)."""
+    left = _time(holder["modifiedTime"]).timestamp() + stale - _time(me["modifiedTime"]).timestamp()
+    until = datetime.now() + timedelta(seconds=max(left, 0.0))
+    logger.warning(
+        "waiting for the lock on {} held by another job (.bidsapp/locks/{}): until it is "
+        "released, or at the latest {} if that job is gone and its lock goes stale",
+        name,
+        holder.get("name", "?"),
+        until.strftime("%H:%M:%S"),
+    )
 
 
 _CHECK: Store = DriveStore.__new__(DriveStore)  # mypy proves DriveStore implements Store
