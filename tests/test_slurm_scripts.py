@@ -62,6 +62,8 @@ def test_u5_directive_values_and_paths_are_refused(
     bidsapp: RunCli, tmp_path: Path, args: list[str], words: str
 ) -> None:
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    if "--slurm-dir" not in args:  # never the default (the current folder)
+        args += ["--slurm-dir", str(tmp_path / "slurm")]
     result = _write(bidsapp, tmp_path, *args)
     assert result.returncode == 64, result.stderr
     assert words in result.stderr and "Traceback" not in result.stderr
