@@ -67,6 +67,8 @@ def seed_source(emu: Emulator) -> tuple[str, dict[str, bytes]]:
     elsewhere = emu.folder("elsewhere", parent=source, owner=LAB)
     target = emu.file("linked.dcm", b"via a shortcut" * 100, parent=elsewhere, owner=LAB)
     emu.shortcut("shortcut.dcm", target=target, parent=exam, owner=LAB)  # listed, not followed
+    # at SOURCE's top level a shortcut is an exam folder kept elsewhere: followed
+    emu.shortcut("Souza Ana (link)", target=exam, parent=source, owner=LAB)
     emu.share(source, SA, role="reader")
     return source, files
 
@@ -84,6 +86,7 @@ def small_chunks(store: DriveStore) -> DriveStore:
 def stage_and_publish(emu: Emulator, tmp: Path, source_id: str, out_id: str) -> dict[str, str]:
     """Download the exam and publish it by the publish protocol; returns staged md5s by path."""
     source = small_chunks(open_store(f"gdrive://{source_id}"))  # type: ignore[arg-type]
+    assert [e.is_dir for e in source.list("") if e.name == "Souza Ana (link)"] == [True]
     walked = [(rel, e) for rel, e in source.walk("Souza Ana") if not e.skipped]
     dest = tmp / "download"
     dest.mkdir(parents=True, exist_ok=True)
