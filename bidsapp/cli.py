@@ -42,6 +42,19 @@ def date_secret(given: Path | None, subject_map: Path | None) -> Path | None:
     return subject_map.absolute().with_suffix(".secret") if subject_map else None
 
 
+def resolve_dates(deid: str, dates: str | None) -> str:
+    """What --dates means under --deid: `none` keeps every header value, dates included, so a
+    shift or drop asked for with it is refused rather than silently not done."""
+    if deid != "none":
+        return dates or "shift"
+    if dates not in (None, "keep"):
+        raise UsageError(
+            f"--dates {dates} needs de-identification, and --deid none turns it off",
+            hint="drop --deid none, or --dates",
+        )
+    return "keep"
+
+
 def _label(text: str) -> str:
     try:
         return clean_label(text)
@@ -67,6 +80,12 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
         return value
 
     return parse
+
+
+def _log_level(text: str) -> str:
+    if not logs.known_level(text):
+        raise argparse.ArgumentTypeError(f"unknown log level {text!r}: use DEBUG, INFO, WARNING")
+    return text.upper()
 
 
 def _fields(text: str) -> tuple[str, ...]:
@@ -160,8 +179,8 @@ def bids_app_parser() -> Parser:
     deid.add_argument(
         "--dates",
         choices=("keep", "shift", "drop"),
-        default="shift",
-        help="acquisition dates: shifted by a per-subject offset (default), kept or dropped",
+        help="acquisition dates: shifted by a per-subject offset (default), kept or dropped "
+        "(with --deid none: kept)",
     )
     deid.add_argument(
         "--date-secret",
@@ -215,7 +234,12 @@ def bids_app_parser() -> Parser:
     grp = parser.add_argument_group("group level")
     grp.add_argument("--init", action="store_true", help="create the shared folders only")
     out = parser.add_argument_group("logging")
-    out.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"), help="console log level")
+    out.add_argument(
+        "--log-level",
+        type=_log_level,
+        default=env("LOG_LEVEL", "INFO"),
+        help="console log level: DEBUG, INFO (default), WARNING, ERROR",
+    )
     return parser
 
 
@@ -235,6 +259,11 @@ def run_bids_app(argv: Sequence[str]) -> int:
         kwargs["date_secret"] = secret
     if args.deid != "none":
         profile(args.deid)  # an unknown profile is a usage error before any work
+    dates = resolve_dates(args.deid, args.dates)
+    if args.deface_cmd:
+        from bidsapp.privacy.deid import deface_template
+
+        deface_template(args.deface_cmd)  # checked before any work, not after conversion
     labels, sessions = tuple(dict.fromkeys(args.labels)), tuple(dict.fromkeys(args.sessions))
     if args.task_list is not None or args.task_index is not None:
         from bidsapp.batch.slurm import read_task
@@ -265,7 +294,7 @@ def run_bids_app(argv: Sequence[str]) -> int:
         verify=args.verify,
         participant_fields=args.participant_fields,
         deid_profile=args.deid,
-        dates=args.dates,
+        dates=dates,
         sourcedata=args.sourcedata,
         deface_cmd=args.deface_cmd,
         keep_work=args.keep_work,
@@ -389,7 +418,8 @@ def cmd_slurm(argv: Sequence[str]) -> int:
             flag = next(a.option_strings[0] for a in app._actions if a.dest == dest)
             raise UsageError(f"{flag} is set by the scripts; it cannot follow '--'")
     subject_map = args.subject_map.absolute()
-    secret = date_secret(passed.date_secret, subject_map) if passed.dates == "shift" else None
+    shift = resolve_dates(passed.deid, passed.dates) == "shift"
+    secret = date_secret(passed.date_secret, subject_map) if shift else None
 
     def where(location: str) -> str:
         return location if is_remote(location) else str(Path(location).absolute())
@@ -508,8 +538,13 @@ def sandbox_command(name: str) -> Callable[[Sequence[str]], int]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: `bidsapp SOURCE OUTPUT LEVEL …` or `bidsapp COMMAND …`."""
     args = list(sys.argv[1:] if argv is None else argv)
-    logs.setup_console(env("LOG_LEVEL", "INFO"))
     try:
+        try:
+            logs.setup_console(env("LOG_LEVEL", "INFO"))
+        except ValueError as exc:
+            raise UsageError(
+                f"BIDSAPP_LOG_LEVEL: {exc}", hint="use DEBUG, INFO or WARNING"
+            ) from None
         if args and args[0] in COMMANDS:
             return COMMANDS[args[0]](args[1:])
         if args and args[0] in SANDBOX_COMMANDS:

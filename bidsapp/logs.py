@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -61,21 +61,59 @@ def _console_format(record: Record) -> str:
     return "<green>{time:HH:mm:ss}</green> <level>{level: <7}</level> " + prefix + "{message}\n"
 
 
+def known_level(level: str) -> bool:
+    """Whether loguru has a level of that name (any case)."""
+    try:
+        logger.level(level.upper())
+    except ValueError:
+        return False
+    return True
+
+
 def setup_console(level: str = "INFO") -> None:
-    """Replace loguru's default sink with the redacted human console sink."""
+    """Replace loguru's default sink with the redacted human console sink.
+
+    An unknown level leaves an INFO console in place before it raises ValueError, so the error
+    can still be printed.
+    """
     logger.remove()
     logger.configure(patcher=_patch)
-    logger.add(sys.stderr, level=level.upper(), format=_console_format, colorize=None)
+    known = known_level(level)
+    logger.add(sys.stderr, level=level.upper() if known else "INFO", format=_console_format)
+    if not known:
+        raise ValueError(f"unknown log level {level!r}")
 
 
-def add_json_log(path: Path) -> Callable[[], None]:
-    """Add a JSON-lines log for one job; returns a function that closes it."""
-    sink_id = logger.add(path, level="DEBUG", serialize=True, enqueue=False, encoding="utf-8")
+class JsonLog:
+    """A job's JSON-lines log file, every record flushed as it comes.
 
-    def close() -> None:
-        logger.remove(sink_id)
+    A write that fails (a full work disk) stops the log and is kept in `error`: it is never
+    raised into the logging call, printed as a handler traceback (which would show the record),
+    or raised by `close`, so the job still ends with its one-line error and its cleanup.
+    """
 
-    return close
+    def __init__(self, path: Path) -> None:
+        self.error: OSError | None = None
+        self._file = path.open("a", encoding="utf-8", errors="backslashreplace")
+        self._sink = logger.add(self._write, level="DEBUG", serialize=True, catch=False)
+
+    def _write(self, message: str) -> None:
+        if self.error is not None:
+            return
+        try:
+            self._file.write(message)
+            self._file.flush()
+        except OSError as exc:
+            self.error = exc
+
+    def close(self) -> None:
+        """Stop logging into the file and close it; never raises."""
+        with contextlib.suppress(ValueError):  # already removed
+            logger.remove(self._sink)
+        try:
+            self._file.close()
+        except OSError as exc:
+            self.error = self.error or exc
 
 
 def bound(subject: str) -> Any:

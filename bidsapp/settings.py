@@ -11,12 +11,26 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bidsapp.errors import UsageError
+
 DEFAULT_HEURISTIC = "auto"
 
 
 def env(name: str, default: str) -> str:
     """A BIDSAPP_* environment variable, or the default."""
     return os.environ.get(f"BIDSAPP_{name}", default)
+
+
+def env_number(name: str, default: float) -> float:
+    """A positive number from a BIDSAPP_* environment variable; a usage error otherwise."""
+    text = env(name, str(default))
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:  # also NaN
+        raise UsageError(f"BIDSAPP_{name}={text!r} is not a positive number")
+    return value
 
 
 @dataclass(frozen=True)
@@ -83,7 +97,7 @@ class Settings:
     # -- scale
     jobs: int = 1
     """Subjects (or subject/sessions) run at once, each in its own process."""
-    drive_rps: float = field(default_factory=lambda: float(env("DRIVE_RPS", "10")))
+    drive_rps: float = field(default_factory=lambda: env_number("DRIVE_RPS", 10))
     """Drive requests per second for this process (a parent running N jobs gives each 1/N)."""
     credentials: Path | None = field(
         default_factory=lambda: (

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -23,6 +24,8 @@ from conftest import T1_ONLY, MakeExam, RunCli, error_lines, need, published_fil
 from pydicom import config
 from pydicom.dataset import Dataset, FileMetaDataset
 
+from bidsapp.pipeline.publish import FAULT_ENV
+
 FOLDER = "Zyxwvut Qqqq"  # an exam folder named after the patient, as exports often are
 PATIENT = Patient(
     name="Zyxwvut^Qqqq", patient_id="QX7731Z", birth_date="19620817", accession="ACC99172"
@@ -30,6 +33,7 @@ PATIENT = Patient(
 PHI = ("Zyxwvut", "Qqqq", "QX7731Z", "19620817", "1962-08-17", "ACC99172")
 NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
 T1W = "sub-01/anat/sub-01_T1w.nii.gz"
+MANIFEST = "derivatives/bidsapp/sub-01/log/manifest.json"
 
 
 def output_text(result: subprocess.CompletedProcess[str]) -> str:
@@ -308,3 +312,201 @@ def test_star_dates_convert(bidsapp: RunCli, make_exam: MakeExam, tmp_path: Path
     assert (ds.StudyDate, ds.SeriesDate, ds.AcquisitionDate, ds.PatientBirthDate) == ("***",) * 4
     out = tmp_path / "out"
     assert_published_t1w(bidsapp(tmp_path / "source", out, "participant"), out)
+
+
+# -- issue 16 ------------------------------------------------------------------------------------
+
+
+def test_p4_every_component_of_a_map_source_is_an_identifier(
+    bidsapp: RunCli, tmp_path: Path
+) -> None:
+    """`Zyxwvut Qqqq/DICOM` that is not a folder: the message names neither part of the name."""
+    (tmp_path / "source" / FOLDER).mkdir(parents=True)
+    (tmp_path / "source" / FOLDER / "DICOM").write_text("a file, not the exam folder\n")
+    subject_map = write_map(tmp_path / "map.tsv", f"{FOLDER}/DICOM", "09")
+    out = tmp_path / "out"
+
+    result = bidsapp(tmp_path / "source", out, "participant", "--subject-map", subject_map)
+
+    assert_fails(result, 66, out, "not a folder")
+    assert_no_phi(result)
+    failed_log = out / ".bidsapp" / "failed" / "sub-09" / "log.jsonl"
+    assert failed_log.is_file()
+    text = failed_log.read_text(encoding="utf-8").lower()
+    assert "zyxwvut" not in text and "qqqq" not in text
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--deface-cmd", "pydeface '{in} --outfile {out}"], ["--deface-cmd", "quotation"]),
+        (["--deface-cmd", "pydeface {in}"], ["--deface-cmd", "{out}"]),
+        (["--log-level", "bogus"], ["--log-level", "bogus"]),
+    ],
+    ids=["deface-quote", "deface-placeholder", "log-level"],
+)
+def test_t2_bad_options_are_refused_before_any_work(
+    bidsapp: RunCli, make_exam: MakeExam, tmp_path: Path, args: list[str], words: list[str]
+) -> None:
+    make_exam("01")
+    out = tmp_path / "out"
+    result = bidsapp(tmp_path / "source", out, "participant", *args)
+    assert_fails(result, 64, out, *words)
+    assert "started" not in result.stderr  # refused at the start, not after staging
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("BIDSAPP_DRIVE_RPS", "abc"), ("BIDSAPP_DRIVE_RPS", "-1"), ("BIDSAPP_LOG_LEVEL", "bogus")],
+)
+def test_t2_bad_environment_variables_are_usage_errors(
+    bidsapp: RunCli, make_exam: MakeExam, tmp_path: Path, variable: str, value: str
+) -> None:
+    make_exam("01")
+    out = tmp_path / "out"
+    result = bidsapp(tmp_path / "source", out, "participant", env={variable: value})
+    assert_fails(result, 64, out, variable)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "words"),
+    [
+        ("o.toml", b'[[series]]\nnumber = 2\nskip = "caf\xe9"\n', ["not UTF-8"]),
+        ("o.json", b"[" * 100_000 + b"]" * 100_000, ["nested too deeply"]),
+        ("o.toml", b"x = " + b"[" * 100_000 + b"]" * 100_000, ["nested too deeply"]),
+    ],
+    ids=["latin-1", "deep-json", "deep-toml"],
+)
+def test_t2_unreadable_overrides_are_usage_errors(
+    bidsapp: RunCli,
+    make_exam: MakeExam,
+    tmp_path: Path,
+    name: str,
+    content: bytes,
+    words: list[str],
+) -> None:
+    make_exam("01")
+    (tmp_path / name).write_bytes(content)
+    out = tmp_path / "out"
+    result = bidsapp(tmp_path / "source", out, "participant", "--overrides", tmp_path / name)
+    assert_fails(result, 64, out, "overrides", *words)
+    assert "started" not in result.stderr
+
+
+def test_t2_odd_files_in_an_exam_are_listed_and_the_rest_publishes(
+    bidsapp: RunCli, make_exam: MakeExam, tmp_path: Path
+) -> None:
+    exam = make_exam("01", series=T1_ONLY)
+    with open(bytes(exam) + b"/notas_Jo\xe3o.txt", "wb") as fh:  # Latin-1 name
+        fh.write(b"not DICOM")
+    (exam / "dangling.dcm").symlink_to(tmp_path / "nowhere")
+    os.mkfifo(exam / "pipe")
+    out = tmp_path / "out"
+
+    result = bidsapp(tmp_path / "source", out, "participant")
+
+    assert_published_t1w(result, out)
+    gate = json.loads((out / "derivatives/bidsapp/sub-01/log/gate.json").read_text())
+    assert sorted(gate["skipped_files"], key=lambda s: s["file"]) == [
+        {"file": "dangling.dcm", "reason": "broken symbolic link"},
+        {"file": "notas_Jo\\xe3o.txt", "reason": "not DICOM"},
+        {"file": "pipe", "reason": "not a regular file (FIFO, socket or device)"},
+    ]
+
+
+def test_w1_studies_of_two_patients_in_one_exam_fail_with_65(
+    bidsapp: RunCli, tmp_path: Path
+) -> None:
+    exam = tmp_path / "source" / "01"
+    write_session(exam / "a", patient=PATIENT, series=T1_ONLY, seed=1)
+    write_session(exam / "b", patient=Patient(name="Qwerty^Ytrewq", patient_id="QW1"), seed=2)
+    out = tmp_path / "out"
+
+    result = bidsapp(tmp_path / "source", out, "participant")
+
+    assert_fails(result, 65, out, "2 different patients", "one_person")
+    assert_no_phi(result)
+    assert "qwerty" not in output_text(result).lower()
+
+
+def test_t1_a_full_work_disk_is_74_in_one_line_and_the_work_dir_is_removed(
+    bidsapp: RunCli, make_exam: MakeExam, tmp_path: Path, work_dir: Path
+) -> None:
+    """A 4 KB work disk: staging fails, and so does the job's log (the first record, which
+    names OUTPUT three times, is longer than the disk)."""
+    need(
+        os.geteuid() == 0 and shutil.which("unshare") is not None,
+        "a small work disk needs root and unshare(1) (a tmpfs in a mount namespace)",
+    )
+    make_exam("01")
+    deep = tmp_path.joinpath(*["o" * 200] * 8)
+    deep.mkdir(parents=True)
+    out = deep / "out"
+    work_dir.mkdir()
+    small_disk = (
+        "unshare",
+        "--mount",
+        "sh",
+        "-c",
+        f'mount -t tmpfs -o size=4k tmpfs "{work_dir}" || exit 99; "$@"; code=$?; '
+        f'ls -A "{work_dir}" > "{tmp_path}/left.txt"; exit $code',
+        "sh",
+    )
+
+    result = bidsapp(tmp_path / "source", out, "participant", prefix=small_disk)
+
+    assert_fails(result, 74, out, "No space left")
+    assert "Logging error" not in result.stderr
+    assert (tmp_path / "left.txt").read_text() == "", "the work dir was removed"
+
+
+def test_u2_a_full_output_disk_is_74_naming_output_and_leaves_no_partial_upload(
+    bidsapp: RunCli, make_exam: MakeExam, tmp_path: Path
+) -> None:
+    need(
+        os.geteuid() == 0 and shutil.which("unshare") is not None,
+        "a small OUTPUT disk needs root and unshare(1) (a tmpfs in a mount namespace)",
+    )
+    make_exam("01")
+    out = tmp_path / "out"
+    out.mkdir()
+    listing = tmp_path / "left.txt"
+    small_disk = (
+        "unshare",
+        "--mount",
+        "sh",
+        "-c",
+        f'mount -t tmpfs -o size=32k tmpfs "{out}" || exit 99; "$@"; code=$?; '
+        f'(cd "{out}" && find . -type f | sort && cat .bidsapp/status/sub-01.json) > "{listing}"; '
+        "exit $code",
+        "sh",
+    )
+
+    result = bidsapp(tmp_path / "source", out, "participant", prefix=small_disk)
+
+    assert result.returncode == 74, result.stderr
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1 and "OUTPUT's disk" in errors[0] and "work dir" not in errors[0]
+    left = listing.read_text()
+    files = [line for line in left.splitlines() if line.startswith("./")]
+    assert not [f for f in files if f.startswith("./.bidsapp/incoming/")], files
+    assert not [f for f in files if ".tmp" in f], files
+    assert not [f for f in files if f.startswith("./sub-")], files
+    assert '"state": "failed"' in left and '"exit_code": 74' in left, "the status was written"
+
+
+def test_u2_group_finishes_a_publish_that_stopped_before_its_manifest(
+    bidsapp: RunCli, make_exam: MakeExam, tmp_path: Path
+) -> None:
+    make_exam("01")
+    out = tmp_path / "out"
+    killed = bidsapp(tmp_path / "source", out, "participant", env={FAULT_ENV: "moved"})
+    assert killed.returncode == -signal.SIGKILL
+    assert (out / T1W).is_file() and not (out / MANIFEST).exists()
+
+    group = bidsapp(tmp_path / "source", out, "group")
+
+    assert group.returncode == 0, group.stderr
+    assert "1 published subjects" in group.stderr
+    assert (out / MANIFEST).is_file()
+    assert not any((out / ".bidsapp/incoming").iterdir())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import unicodedata
@@ -81,6 +82,39 @@ def test_subjects_writes_and_extends_the_map(bidsapp: RunCli, tmp_path: Path) ->
     assert rows[3] == ["Pedro Alves", "08", ""]
     assert len(rows) == 4
     _no_names(proc, (*NAMES, "Ana Costa", "Pedro Alves"))
+
+
+def test_d1_subjects_keeps_the_map_on_an_undecodable_folder_name(
+    bidsapp: RunCli, tmp_path: Path
+) -> None:
+    source = tmp_path / "source"
+    (source / "Maria Souza").mkdir(parents=True)
+    os.mkdir(bytes(source) + b"/Jo\xe3o Lima")  # Latin-1, as an old share writes it
+    subject_map = tmp_path / "map.tsv"
+    subject_map.write_text("source\tparticipant\tsession\nAna Costa\t01\t\n", encoding="utf-8")
+    before = subject_map.read_bytes()
+
+    proc = bidsapp("subjects", source, "--subject-map", subject_map)
+
+    assert proc.returncode == 64, proc.stderr
+    assert "Traceback" not in proc.stderr and "not valid UTF-8" in proc.stderr
+    assert len([line for line in proc.stderr.splitlines() if "ERROR" in line]) == 1
+    assert subject_map.read_bytes() == before
+    assert list(tmp_path.glob(".map.tsv*")) == []
+    _no_names(proc, ("Maria Souza", "Ana Costa", "Lima"))
+
+
+def test_d1_subjects_writes_the_map_0600(bidsapp: RunCli, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    (source / "Maria Souza").mkdir(parents=True)
+    subject_map = tmp_path / "map.tsv"
+    assert bidsapp("subjects", source, "--subject-map", subject_map).returncode == 0
+    assert subject_map.stat().st_mode & 0o777 == 0o600
+    subject_map.chmod(0o644)  # written by an older version, or by hand
+    (source / "Ana Costa").mkdir()
+    assert bidsapp("subjects", source, "--subject-map", subject_map).returncode == 0
+    assert subject_map.stat().st_mode & 0o777 == 0o600
+    assert len(_map_rows(subject_map)) == 2
 
 
 def _published(out: Path, tmp: Path, label: str) -> None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 from bidsapp_sandbox.exams import Patient, Series
 
-from bidsapp.privacy.phi import Identifiers, scan_tree
+from bidsapp.privacy.phi import Identifier, Identifiers, scan_tree
 from bidsapp.privacy.profiles import date_offset, load_secret, profile
 from tests.conftest import MakeExam, RunCli, published_files
 
@@ -180,3 +183,85 @@ def test_shifted_dates_keep_intervals_and_hold_across_reruns_and_machines(
     text = everything_text(output)
     assert str(abs(offset)) not in text, "the offset itself is never published"
     assert (tmp_path / "map.secret").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_name_word_that_is_also_a_word_of_bidsapp_s_own_text(
+    bidsapp: RunCli, make_exam: MakeExam, tmp_path: Path
+) -> None:
+    """Issue 12 item 5: `Xq7^dcm2niix` publishes. The word is the patient's in copied text
+    (a series description, sidecars: removed) and bidsapp's own in the report's versions
+    table (kept); the whole name and the ID still count everywhere."""
+    patient = Patient(name="Xq7^dcm2niix", patient_id="QZ5521", birth_date="19580611")
+    make_exam(
+        "01",
+        patient=patient,
+        series=(Series("anat-T1w", "t1w", description="T1 mprage dcm2niix"),),
+    )
+    out = tmp_path / "out"
+
+    result = bidsapp(tmp_path / "source", out, "participant")
+
+    assert result.returncode == 0, result.stderr
+    copied = [p for p in (out / "sub-01").rglob("*") if p.is_file()]
+    assert copied
+    words = Identifiers([Identifier("PatientName", ("dcm2niix",))])
+    assert scan_tree(out / "sub-01", words) == []  # sidecars, TSVs, NIfTI headers, names
+    gate = json.loads((out / "derivatives/bidsapp/sub-01/log/gate.json").read_text())
+    descriptions = [s.get("description", "") for s in gate["series"]]
+    assert descriptions and not any("dcm2niix" in d.lower() for d in descriptions)
+    report = (out / "derivatives/bidsapp/sub-01/log/report.html").read_text()
+    assert "T1 mprage" not in report or "T1 mprage dcm2niix" not in report
+    assert re.search(r"<td>dcm2niix</td>", report), "the versions table names dcm2niix"
+    whole = Identifiers.collect([{"PatientName": patient.name, "PatientID": "QZ5521"}], None)
+    assert scan_tree(out, whole.except_words(frozenset({"dcm2niix"}))) == []
+
+
+@pytest.mark.parametrize("dates", ["shift", "drop"])
+def test_p1_deid_none_refuses_a_date_shift_or_drop(
+    bidsapp: RunCli, make_exam: MakeExam, tmp_path: Path, dates: str
+) -> None:
+    make_exam("01")
+    out = tmp_path / "out"
+    result = bidsapp(tmp_path / "source", out, "participant", "--deid", "none", "--dates", dates)
+    assert result.returncode == 64, result.stderr
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and f"--dates {dates}" in errors[0]
+    assert not out.exists() or published_files(out) == []
+
+
+# stands in for pydeface: zeroes the last 40 bytes of the image (stdlib only, for speed)
+FAKE_DEFACE = """
+import gzip, sys
+data = gzip.decompress(open(sys.argv[1], "rb").read())
+open(sys.argv[2], "wb").write(gzip.compress(data[:-40] + bytes(40)))
+"""
+
+
+def test_p1_deid_none_still_defaces_and_the_manifest_says_what_was_done(
+    bidsapp: RunCli, make_exam: MakeExam, tmp_path: Path
+) -> None:
+    make_exam("01")
+    script = tmp_path / "fake_deface.py"
+    script.write_text(FAKE_DEFACE)
+    out = tmp_path / "out"
+    deface_cmd = f"{sys.executable} {script} {{in}} {{out}}"
+
+    result = bidsapp(
+        tmp_path / "source", out, "participant", "--deid", "none", "--deface-cmd", deface_cmd
+    )
+
+    assert result.returncode == 0, result.stderr
+    t1w = out / "sub-01/anat/sub-01_T1w.nii.gz"
+    assert gzip.decompress(t1w.read_bytes())[-40:] == bytes(40), "the T1w was defaced"
+    log = out / "derivatives/bidsapp/sub-01/log"
+    manifest = json.loads((log / "manifest.json").read_text())
+    assert manifest["options"] == {
+        "participant_fields": [],
+        "deid_profile": "none",
+        "dates": "keep",
+        "sourcedata": False,
+        "deface_cmd": True,
+    }
+    gate = json.loads((log / "gate.json").read_text())
+    assert gate["deid"]["defaced"] == ["sub-01/anat/sub-01_T1w.nii.gz"]
+    assert gate["deid"]["dates"] == "keep"

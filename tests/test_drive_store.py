@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,7 @@ from bidsapp.stores.drive import DriveStore, escape
 SA = "bidsapp@proj.iam.gserviceaccount.com"
 LAB = "lab@example.org"
 FAST = "0.005,0.05,8,30"
+T1 = (Series("anat-T1w", "t1w"),)
 
 
 @pytest.fixture
@@ -64,8 +66,9 @@ def seed_source(emu: Emulator) -> tuple[str, dict[str, bytes]]:
         emu.file(rel.split("/")[-1], data, parent=series if "/" in rel else exam, owner=LAB)
     elsewhere = emu.folder("elsewhere", parent=source, owner=LAB)
     target = emu.file("linked.dcm", b"via a shortcut" * 100, parent=elsewhere, owner=LAB)
-    emu.shortcut("shortcut.dcm", target=target, parent=exam, owner=LAB)
-    files["shortcut.dcm"] = b"via a shortcut" * 100
+    emu.shortcut("shortcut.dcm", target=target, parent=exam, owner=LAB)  # listed, not followed
+    # at SOURCE's top level a shortcut is an exam folder kept elsewhere: followed
+    emu.shortcut("Souza Ana (link)", target=exam, parent=source, owner=LAB)
     emu.share(source, SA, role="reader")
     return source, files
 
@@ -83,7 +86,8 @@ def small_chunks(store: DriveStore) -> DriveStore:
 def stage_and_publish(emu: Emulator, tmp: Path, source_id: str, out_id: str) -> dict[str, str]:
     """Download the exam and publish it by the publish protocol; returns staged md5s by path."""
     source = small_chunks(open_store(f"gdrive://{source_id}"))  # type: ignore[arg-type]
-    walked = list(source.walk("Souza Ana"))
+    assert [e.is_dir for e in source.list("") if e.name == "Souza Ana (link)"] == [True]
+    walked = [(rel, e) for rel, e in source.walk("Souza Ana") if not e.skipped]
     dest = tmp / "download"
     dest.mkdir(parents=True, exist_ok=True)
     items = [(f"Souza Ana/{rel}", dest / f"{n:03d}") for n, (rel, _) in enumerate(walked)]
@@ -209,6 +213,35 @@ def test_hostile_names_stage_safely(emu: Emulator, tmp_path: Path) -> None:
     assert not (tmp_path / "evil").exists() and not Path("/etc/x").exists()
 
 
+def test_w1_a_shortcut_inside_an_exam_is_listed_not_followed(emu: Emulator, tmp_path: Path) -> None:
+    """Another patient's file reached through a shortcut in the exam folder is never staged."""
+    root = emu.my_drive(LAB)
+    source = emu.folder("exams", parent=root, owner=LAB)
+    exam = emu.folder("Souza Ana", parent=source, owner=LAB)
+    other = emu.folder("Lima Rui", parent=source, owner=LAB)
+    mine = write_session(
+        tmp_path / "mine", patient=Patient(name="Souza^Ana", patient_id="P1"), series=T1
+    )
+    theirs = write_session(
+        tmp_path / "theirs", patient=Patient(name="Lima^Rui", patient_id="P2"), series=T1, seed=2
+    )
+    for path in mine:
+        emu.file(path.name, path.read_bytes(), parent=exam, owner=LAB)
+    target = emu.file("t1.dcm", theirs[0].read_bytes(), parent=other, owner=LAB)
+    emu.shortcut("zz-shortcut.dcm", target=target, parent=exam, owner=LAB)
+    emu.shortcut("zz-folder", target=other, parent=exam, owner=LAB)
+    emu.share(source, SA)
+
+    result = stage(open_store(f"gdrive://{source}"), "Souza Ana", tmp_path / "work")
+
+    assert result.files == len(mine)
+    assert sorted(result.skipped) == [
+        ("zz-folder", "Drive shortcut (not followed)"),
+        ("zz-shortcut.dcm", "Drive shortcut (not followed)"),
+    ]
+    assert {str(h["PatientID"]) for h in result.headers} == {"P1"}
+
+
 def test_quotes_backslashes_and_duplicate_folder_names(emu: Emulator) -> None:
     root = emu.my_drive(LAB)
     source = emu.folder("exams", parent=root, owner=LAB)
@@ -330,6 +363,32 @@ def test_lock_excludes_and_a_stale_lock_is_taken_over(
     assert most[0] == 1, "two holders at once"
     names = [m["name"] for m in emu.listing(locks) if not m.get("trashed")]
     assert names == [], "every lock file, the stale one included, is gone"
+
+
+def test_a_job_waiting_on_a_stale_lock_says_on_what_and_until_when(
+    emu: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = output_drive(emu)
+    monkeypatch.setenv("BIDSAPP_DRIVE_LOCK_STALE", "3")
+    store = open_store(f"gdrive://{out}", for_output=True)
+    locks = store._folder(".bidsapp/locks", create=True)  # type: ignore[attr-defined]
+    dead = f"sub-01.{'0' * 32}.lock"
+    emu.file(dead, b"a killed job", parent=locks)  # never refreshed
+    said: list[str] = []
+    sink = logger.add(lambda m: said.append(str(m)), level="WARNING", format="{message}")
+    started = datetime.now()
+    try:
+        with store.lock("sub-01"):
+            waited = (datetime.now() - started).total_seconds()
+    finally:
+        logger.remove(sink)
+    waiting = [m for m in said if m.startswith("waiting for the lock")]
+    assert len(waiting) == 1, said
+    assert "sub-01" in waiting[0] and dead in waiting[0]
+    until = datetime.strptime(waiting[0].split("at the latest ")[1][:8], "%H:%M:%S")
+    ahead = (until - started.replace(year=1900, month=1, day=1, microsecond=0)).seconds
+    assert ahead <= 5, "within the 3 s the stale lock has left (and a second of rounding)"
+    assert waited >= 1.0, "it did wait for the stale lock"
 
 
 def test_requests_never_exceed_the_budget_plus_its_burst(

@@ -21,6 +21,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pytest
+from loguru import logger
 
 from bidsapp.errors import ValidationFailed
 from bidsapp.pipeline.group import BIDSIGNORE_LINES, run_group
@@ -365,3 +366,48 @@ def test_init_creates_the_shared_folders_and_nothing_else(tmp_path: Path) -> Non
     # running it again changes nothing
     assert _group(tmp_path, out, init_only=True) == 0
     assert {p.relative_to(out).as_posix() for p in out.rglob("*")} == found
+
+
+@pytest.mark.parametrize(
+    ("curated", "problem"),
+    [
+        (b"participant_id,group\nsub-01,patient\nsub-05,control\n", "comma-separated"),
+        (
+            b"\xef\xbb\xbfParticipant_ID\tgroup\r\nsub-01\tpatient\r\nsub-05\tcontrol\r\n",
+            "'Participant_ID'",
+        ),
+        (b"participant_id\tgroup\nsub-01\tpatient\nsub-01\tcontrol\n", "sub-01 twice"),
+        (b"participant_id\tgroup\nsub-01\tpatient\textra\n", "3 cells for 2 columns"),
+        (b"participant_id\tgroup\nsub-01\tpaciente \xe9\n", "not UTF-8"),
+    ],
+    ids=["csv", "header-case", "duplicate", "ragged", "latin-1"],
+)
+def test_d2_a_participants_file_that_cannot_be_merged_is_kept_aside_and_left_alone(
+    tmp_path: Path, curated: bytes, problem: str
+) -> None:
+    out = _new_output(tmp_path)
+    _publish(out, tmp_path, "01")
+    (out / "participants.tsv").write_bytes(curated)
+    warnings: list[str] = []
+    sink = logger.add(lambda m: warnings.append(str(m)), level="WARNING")
+    try:
+        with contextlib.suppress(ValidationFailed):  # what is checked is the merge
+            _group(tmp_path, out)
+    finally:
+        logger.remove(sink)
+    assert (out / "participants.tsv").read_bytes() == curated, "never rewritten lossy"
+    assert (out / ".bidsapp/invalid/participants.tsv").read_bytes() == curated
+    named = [w for w in warnings if "participants.tsv" in w]
+    assert len(named) == 1 and problem in named[0], warnings
+
+
+def test_d2_crlf_and_a_repeated_identical_row_merge_exactly(tmp_path: Path) -> None:
+    out = _new_output(tmp_path)
+    _publish(out, tmp_path, "01")
+    curated = "participant_id\tgroup\r\nsub-01\tpatient\r\nsub-01\tpatient\r\n"
+    (out / "participants.tsv").write_bytes(curated.encode())
+    with contextlib.suppress(ValidationFailed):
+        _group(tmp_path, out)
+    _, rows = _tsv(out / "participants.tsv")
+    assert rows == [{"participant_id": "sub-01", "group": "patient"}]
+    assert not (out / ".bidsapp/invalid/participants.tsv").exists()

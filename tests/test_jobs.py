@@ -220,3 +220,28 @@ def test_sigterm_to_the_jobs_parent_stops_every_child_cleanly(
     ]
     assert not (output / "sub-01").exists() and not (output / "sub-02").exists()
     assert list(work_dir.iterdir()) == []
+
+
+def test_p5_a_killed_job_s_work_folder_is_swept_and_status_says_it_is_gone(
+    tmp_path: Path, make_exam: MakeExam, bidsapp: RunCli, work_dir: Path
+) -> None:
+    make_exam("01")
+    source, output = tmp_path / "source", tmp_path / "out"
+
+    killed = bidsapp(source, output, "participant", env={FAULT_ENV: "upload"})  # SIGKILL
+
+    assert killed.returncode == -signal.SIGKILL
+    left = list(work_dir.iterdir())
+    assert len(left) == 1 and any((left[0] / "dicom").rglob("*.dcm")), "raw DICOMs were left"
+    row = status(bidsapp, output)["01"]
+    assert row["state"] in ("started", "staged", "converted", "gated")
+    assert row["process_gone"] is True
+    text = bidsapp("status", output)
+    assert "(process gone)" in text.stdout
+
+    rerun = bidsapp(source, output, "participant")
+
+    assert rerun.returncode == 0, rerun.stderr
+    assert "removed the work folder" in rerun.stderr
+    assert list(work_dir.iterdir()) == []
+    assert "process_gone" not in status(bidsapp, output)["01"]

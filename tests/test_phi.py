@@ -29,7 +29,8 @@ def ids_of(**header: object) -> Identifiers:
 
 
 def tokens_of(ids: Identifiers, field: str) -> set[tuple[str, ...]]:
-    return {i.tokens for i in ids.identifiers if i.field == field}
+    """The values and name parts (not the other written forms derived from them)."""
+    return {i.tokens for i in ids.identifiers if i.field == field and i.kind != "form"}
 
 
 @pytest.mark.parametrize(
@@ -88,7 +89,11 @@ def test_whole_tokens_only(text: str, hit: bool) -> None:
             "de la Cruz^Ana Maria",
             {("de", "la", "cruz", "ana", "maria"), ("cruz",), ("ana",), ("maria",)},
         ),
-        ("Yamada^Tarou=山田^太郎", {("yamada", "tarou"), ("yamada",), ("tarou",)}),
+        # two-character ideographic parts are too short alone, not together
+        (
+            "Yamada^Tarou=山田^太郎",
+            {("yamada", "tarou"), ("yamada",), ("tarou",), ("山田", "太郎")},
+        ),
     ],
 )
 def test_person_name_whole_and_parts(name: str, expected: set[tuple[str, ...]]) -> None:
@@ -126,7 +131,7 @@ def test_accents_and_case(text: str, hit: bool) -> None:
         ("1975_03_12", True),
         ("1975-03-13", False),
         ("1975", False),
-        ("12-03-1975", False),
+        ("12-03-1975", True),
         ("197503", False),
     ],
 )
@@ -247,7 +252,7 @@ def test_dedup_order_and_merge() -> None:
     b = Identifiers.collect([{"PatientName": "Silva^Ana", "PatientID": "12345"}], None)
     merged = a.merge(b)
     assert merged.identifiers == b.merge(a).identifiers
-    assert [i.field for i in merged.identifiers] == [
+    assert [i.field for i in merged.identifiers if i.kind != "form"] == [
         "PatientName",
         "PatientName",
         "PatientName",
@@ -397,3 +402,126 @@ def test_utf8_read_as_latin1_still_matches() -> None:
     assert ids.find('"PatientName": "GonÃ§alves^JoÃ£o"') == ["PatientName"]
     assert ids.find("JoÃ£o") == ["PatientName"]
     assert ids.find("Ã© clean") == []
+
+
+# --- other written forms (issue 16: P2, P3) -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "hit"),
+    [
+        ("Wu Di", True),
+        ("di, wu", True),
+        ("WU^DI", True),
+        ("sub-01_wu_di.json", True),
+        ("WuDi", True),
+        ("DIWU", True),
+        ("Wu", False),
+        ("Di 3", False),
+        ("Wu Xi Di", False),
+    ],
+)
+def test_p2_short_name_parts_identify_together(text: str, hit: bool) -> None:
+    ids = ids_of(PatientName="Wu^Di")
+    assert ids.find(text) == (["PatientName"] if hit else [])
+    assert ids.find(ids.redact(text)) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "hit"),
+    [
+        ("JoaoConceicao", True),
+        ("JOAOCONCEICAO_T1w", True),
+        ("ConceiçãoJoão", True),
+        ("joaodaconceicao", True),
+        ("Joaozinho", False),
+        ("Conceicaos", False),
+    ],
+)
+def test_p3_name_parts_run_together(text: str, hit: bool) -> None:
+    ids = ids_of(PatientName="Conceição^João^da")
+    assert ids.find(text) == (["PatientName"] if hit else [])
+    assert ids.find(ids.redact(text)) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "hit"),
+    [
+        ("born 12/03/1975", True),
+        ("12.03.1975", True),
+        ("1975/03/12", True),
+        ("03/12/1975", True),
+        ("12/3/1975", True),
+        ("12031975", True),
+        ("12 Mar 1975", True),
+        ("March 12, 1975", True),
+        ("1975-03-12 00:00:00", True),
+        ("13/03/1975", False),
+        ("12/03/1976", False),
+        ("03/1975", False),
+        ("12 Apr 1975", False),
+    ],
+)
+def test_p3_birth_date_in_common_written_forms(text: str, hit: bool) -> None:
+    ids = ids_of(PatientBirthDate="19750312")
+    assert ids.find(text) == (["PatientBirthDate"] if hit else [])
+    assert ids.find(ids.redact(text)) == []
+
+
+@pytest.mark.parametrize(
+    ("pid", "text", "hit"),
+    [
+        ("JC778899", "mrn JC778899x", True),
+        ("JC778899", "xJC778899", True),
+        ("JC778899", "T1w_JC778899b_2.nii", True),
+        ("JC-778899", "JC778899x", True),
+        ("JC778899", "JC7788990", False),  # another number
+        ("JC778899", "JC77889", False),
+        ("778899", "a778899b", True),
+        ("778899", "17788990", False),
+        ("778899", "v1.0.20778899", False),
+        ("7788", "a7788b", False),  # too short to match inside a token
+    ],
+)
+def test_p3_id_inside_a_longer_token(pid: str, text: str, hit: bool) -> None:
+    ids = ids_of(PatientID=pid)
+    assert ids.find(text) == (["PatientID"] if hit else [])
+    redacted = ids.redact(text)
+    assert ids.find(redacted) == []
+    assert (redacted != text) == hit
+
+
+def test_p3_forms_are_counted_not_listed_in_the_report() -> None:
+    ids = ids_of(PatientName="Conceição^João", PatientBirthDate="19750312", PatientID="JC-778899")
+    report = ids.to_json()
+    assert [i["field"] for i in report["identifiers"]] == [
+        "PatientName",
+        "PatientName",
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+    ]
+    assert set(report["other_written_forms"]) == {"PatientName", "PatientBirthDate", "PatientID"}
+    text = json.dumps(report).casefold()
+    assert "joao" not in text and "778899" not in text and "1975" not in text
+
+
+def test_except_words_drops_only_single_name_words() -> None:
+    """Issue 12 item 5: for bidsapp's own text, a name word that is also one of its words."""
+    ids = ids_of(PatientName="Xq7^dcm2niix", PatientID="dcm2niix7", PatientBirthDate="19580611")
+    own = ids.except_words(frozenset({"dcm2niix", "report"}))
+    assert ids.find("dcm2niix v1.0") == ["PatientName"]
+    assert own.find("dcm2niix v1.0") == []
+    assert ids.name_words_in(frozenset({"dcm2niix"})) == 1
+    for whole in ("Xq7 dcm2niix", "xq7dcm2niix", "dcm2niix7", "1958-06-11", "Xq7"):
+        assert own.find(whole) == ids.find(whole) != [], whole
+    # a one-word name is the whole name: never dropped
+    single = ids_of(PatientName="dcm2niix")
+    assert single.except_words(frozenset({"dcm2niix"})).find("dcm2niix") == ["PatientName"]
+
+
+def test_own_words_come_from_the_package_s_text() -> None:
+    from bidsapp.pipeline.vocabulary import own_words, words_of
+
+    assert {"dcm2niix", "heudiconv", "versions", "roboto"} <= own_words()
+    assert words_of('"""A docstring."""\nX = "Kept words"\n') == {"kept", "words"}

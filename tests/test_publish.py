@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from bidsapp.errors import UsageError
 from bidsapp.pipeline import publish as pub
 from bidsapp.pipeline.publish import (
     FAULT_POINTS,
@@ -186,6 +187,26 @@ def test_session_publish_leaves_other_sessions_alone(tmp_path: Path) -> None:
         f["path"].startswith(("sub-01/ses-2/", "derivatives/bidsapp/sub-01/ses-2/"))
         for f in manifest["files"]
     )
+    _assert_no_leftovers(out)
+
+
+@pytest.mark.parametrize(
+    ("first", "then"), [(Target("01", "1"), Target("01")), (Target("01"), Target("01", "1"))]
+)
+def test_d3_sessionless_publish_never_replaces_a_subject_with_sessions(
+    tmp_path: Path, first: Target, then: Target
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    _publish(out, first, "old", tmp_path / "a")
+    before = _outside_bidsapp(out)
+
+    with pytest.raises(UsageError, match="session") as caught:
+        _publish(out, then, "new", tmp_path / "b")
+
+    assert caught.value.exit_code == 64
+    assert _outside_bidsapp(out) == before
+    _assert_published(out, first, "old")
     _assert_no_leftovers(out)
 
 

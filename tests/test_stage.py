@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 import tarfile
 import zipfile
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 from bidsapp_sandbox.exams import Patient, Series, write_session
@@ -19,8 +24,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MediaStorageDirectoryStorage, generate_uid
 
 from bidsapp.errors import BadInputData
-from bidsapp.pipeline.stage import StagedExam, stage
+from bidsapp.pipeline.stage import StagedExam, distinct_patients, stage
 from bidsapp.stores.local import LocalStore
+from tests.conftest import need
 
 LOCALIZER = (Series("localizer", "localizer"),)  # three small slices: the fastest real session
 STAGED_NAME = re.compile(r"^study-\d+/\d{6}\.dcm$")
@@ -45,9 +51,11 @@ def _session(dest: Path, **kwargs: object) -> list[Path]:
     return write_session(dest, **kwargs)  # type: ignore[arg-type]
 
 
-def _run(tmp_path: Path, exam: str = "exam") -> tuple[StagedExam, Path]:
+def _run(
+    tmp_path: Path, exam: str = "exam", *, one_person: bool = False
+) -> tuple[StagedExam, Path]:
     work = tmp_path / "work"
-    return stage(LocalStore(tmp_path / "src"), exam, work), work
+    return stage(LocalStore(tmp_path / "src"), exam, work, one_person=one_person), work
 
 
 def _staged(work: Path) -> list[Path]:
@@ -496,6 +504,164 @@ def test_headers_hold_distinct_values(tmp_path: Path) -> None:
     # a second identity (another ID for the same name) is a second entry
     _session(exam / "other", patient=Patient(name="Souza^Maria", patient_id="X-2"), seed=9)
     shutil.rmtree(tmp_path / "work")
-    result, _ = _run(tmp_path)
+    result, _ = _run(tmp_path, one_person=True)  # two IDs: the map must say it is one person
     assert result.files == 103
     assert sorted(str(h["PatientID"]) for h in result.headers) == ["PID777", "X-2"]
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 16: links, special files, odd names, several patients
+
+
+def test_w1_links_and_special_files_are_listed_not_followed(tmp_path: Path) -> None:
+    exam = tmp_path / "src" / "exam"
+    mine = _session(exam / "series", patient=Patient(name="Souza^Maria", patient_id="P1"))
+    theirs = _session(
+        tmp_path / "src" / "other", patient=Patient(name="Lima^Rui", patient_id="P2"), seed=2
+    )
+    (exam / "to-another-patient.dcm").symlink_to(theirs[0])
+    (exam / "to-a-system-file").symlink_to("/etc/passwd")
+    (exam / "to-a-folder").symlink_to(tmp_path / "src" / "other", target_is_directory=True)
+    (exam / "inside.dcm").symlink_to(mine[0])
+    (exam / "dangling.dcm").symlink_to(tmp_path / "nowhere")
+    os.mkfifo(exam / "pipe")
+
+    result, work = _run(tmp_path)
+
+    assert result.files == len(mine)
+    assert {str(h["PatientID"]) for h in result.headers} == {"P1"}
+    assert sorted(result.skipped) == [
+        ("dangling.dcm", "broken symbolic link"),
+        ("inside.dcm", "symbolic link (its target is staged itself)"),
+        ("pipe", "not a regular file (FIFO, socket or device)"),
+        ("to-a-folder", "symbolic link to outside the exam folder"),
+        ("to-a-system-file", "symbolic link to outside the exam folder"),
+        ("to-another-patient.dcm", "symbolic link to outside the exam folder"),
+    ]
+    _assert_only_numbered_files(work)
+
+
+def test_t2_a_file_name_that_is_not_utf8_is_staged_and_shown_escaped(tmp_path: Path) -> None:
+    exam = tmp_path / "src" / "exam"
+    dicoms = _session(exam)
+    os.rename(dicoms[0], bytes(exam) + b"/IM_Jo\xe3o.dcm")
+    with open(bytes(exam) + b"/notas_\xe9.txt", "wb") as fh:
+        fh.write(b"not DICOM")
+
+    result, _ = _run(tmp_path)
+
+    assert result.files == len(dicoms)
+    assert result.skipped == [("notas_\\xe9.txt", "not DICOM")]
+    assert all(name.encode("utf-8") for name, _ in result.skipped)
+
+
+@pytest.mark.parametrize(
+    ("patients", "count"),
+    [
+        ([("P1", "Souza^Maria"), ("P2", "Lima^Rui")], 2),
+        ([("P1", "Souza^Maria"), ("P1", "SOUZA^MARIA")], 1),
+        ([("P1", "Souza^Maria"), ("P1", "Souza^Mariana")], 1),  # the ID decides
+        ([("", "Souza^Maria"), ("", "Lima^Rui")], 2),  # no IDs: names decide
+        ([("", "Souza^Maria"), ("", "souza maria")], 1),
+        ([("P1", "Souza^Maria"), ("", "Souza^Maria")], 1),
+        ([("P1", "Souza^Maria"), ("", "Lima^Rui")], 2),
+        ([("", ""), ("", "")], 1),
+    ],
+)
+def test_w1_distinct_patients(patients: list[tuple[str, str]], count: int) -> None:
+    headers = [{"PatientID": pid, "PatientName": name} for pid, name in patients]
+    assert distinct_patients(headers) == count
+
+
+def test_w1_studies_of_two_patients_fail_unless_the_map_says_one_person(tmp_path: Path) -> None:
+    exam = tmp_path / "src" / "exam"
+    _session(exam / "a", patient=Patient(name="Souza^Maria", patient_id="P1"), seed=1)
+    _session(exam / "b", patient=Patient(name="Lima^Rui", patient_id="P2"), seed=2)
+
+    with pytest.raises(BadInputData, match="2 different patients") as caught:
+        _run(tmp_path)
+    assert caught.value.exit_code == 65
+    assert "P1" not in caught.value.one_line() and "Souza" not in caught.value.one_line()
+
+    shutil.rmtree(tmp_path / "work")
+    result, _ = _run(tmp_path, one_person=True)
+    assert len(result.studies) == 2
+
+
+def _zeros_zip(path: Path, member_size: int, extra: Path) -> None:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("bomb.bin", bytes(member_size))
+        zf.write(extra, "images/0001.dcm")
+
+
+def test_u4_archive_members_that_expand_too_far_are_refused_and_listed(tmp_path: Path) -> None:
+    exam = tmp_path / "src" / "exam"
+    dicoms = _session(exam / "loose")
+    _zeros_zip(exam / "upload.zip", 16 << 20, dicoms[0])  # 16 MB of zeros: about 1000:1
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        info = tarfile.TarInfo("zeros.raw")
+        info.size = 16 << 20
+        tf.addfile(info, io.BytesIO(bytes(info.size)))
+    (exam / "more.tar.gz").write_bytes(buf.getvalue())
+
+    result, work = _run(tmp_path)
+
+    assert result.files == len(dicoms) + 1  # the DICOM inside the zip is staged
+    refused = {name: reason for name, reason in result.skipped if reason.startswith("refused")}
+    assert set(refused) == {"upload.zip!bomb.bin", "more.tar.gz!zeros.raw"}
+    assert all("200:1" in reason for reason in refused.values())
+    _assert_only_numbered_files(work)
+
+
+STAGE_IN_SMALL_WORK_DIR = """
+import json, sys
+from pathlib import Path
+from bidsapp.pipeline.stage import stage
+from bidsapp.stores.local import LocalStore
+result = stage(LocalStore(Path(sys.argv[1])), "exam", Path(sys.argv[2]) / "job")
+print(json.dumps(result.skipped))
+"""
+
+
+def test_u4_archive_members_that_would_fill_the_work_dir_are_refused(tmp_path: Path) -> None:
+    need(
+        os.geteuid() == 0 and shutil.which("unshare") is not None,
+        "a small work disk needs root and unshare(1) (a tmpfs in a mount namespace)",
+    )
+    exam = tmp_path / "src" / "exam"
+    dicoms = _session(exam / "loose")
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 2, 4 << 20, dtype=np.uint8).tobytes()  # 4 MB that packs ~4:1
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tf:
+        info = tarfile.TarInfo("big.raw")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    (exam / "big.tar.gz").write_bytes(buf.getvalue())
+    work = tmp_path / "work"
+    work.mkdir()
+
+    proc = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "sh",
+            "-c",
+            'mount -t tmpfs -o size=2m tmpfs "$1" && exec "$2" -c "$3" "$4" "$1"',
+            "sh",
+            str(work),
+            sys.executable,
+            STAGE_IN_SMALL_WORK_DIR,
+            str(tmp_path / "src"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert proc.returncode == 0, proc.stderr
+    skipped = dict(json.loads(proc.stdout))
+    assert "free space" in skipped["big.tar.gz!big.raw"]
+    assert "loose/01/0001.dcm" not in skipped and len(dicoms) == 3

@@ -105,8 +105,60 @@ def test_missing_map_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def test_same_label_in_different_sessions_is_allowed(tmp_path: Path) -> None:
-    text = HEADER + "a\t01\t1\nb\t01\t2\nc\t01\t\n"
+    text = HEADER + "a\t01\t1\nb\t01\t2\nc\t02\t\n"
     assert [s.session for s in read_map(_map(tmp_path, text))] == ["1", "2", ""]
+
+
+def test_d3_map_refuses_a_label_with_and_without_a_session(tmp_path: Path) -> None:
+    text = HEADER + "Maria Souza\t01\t\nJoao Silva\t01\t1\nAna Lima\t02\t\n"
+    with pytest.raises(UsageError, match=r"sub-01 .*line 2.*line 3") as caught:
+        read_map(_map(tmp_path, text))
+    assert caught.value.exit_code == 64
+    assert "Maria" not in caught.value.one_line() and "Joao" not in caught.value.one_line()
+
+
+@pytest.mark.parametrize(
+    ("source", "match"),
+    [
+        ("", "source cell is empty"),
+        ("   ", "source cell is empty"),
+        ("../Maria Souza", "inside SOURCE"),
+        ("exams/../../Maria Souza", "inside SOURCE"),
+        ("/home/Maria Souza", "inside SOURCE"),
+    ],
+)
+def test_w1_t2_map_source_must_name_a_folder_inside_source(
+    tmp_path: Path, source: str, match: str
+) -> None:
+    """An empty cell would stage the whole SOURCE (every patient); `..` would leave it."""
+    with pytest.raises(UsageError, match=match) as caught:
+        read_map(_map(tmp_path, HEADER + f"{source}\t01\t\n"))
+    assert caught.value.exit_code == 64
+    assert "Maria" not in caught.value.one_line()
+
+
+def test_w1_one_person_column_round_trips(tmp_path: Path) -> None:
+    text = "source\tparticipant\tsession\tone_person\nMaria Souza\t01\t\tyes\nAna Lima\t02\t\t\n"
+    subjects = read_map(_map(tmp_path, text))
+    assert [s.one_person for s in subjects] == [True, False]
+    write_map(tmp_path / "again.tsv", subjects)
+    assert read_map(tmp_path / "again.tsv") == subjects
+    write_map(tmp_path / "plain.tsv", [Subject("Ana Lima", "02")])
+    assert (tmp_path / "plain.tsv").read_text().splitlines()[0] == HEADER.strip()
+
+
+def test_d1_map_is_written_0600_and_never_truncated(tmp_path: Path) -> None:
+    path = _map(tmp_path, HEADER + "Maria Souza\t01\t\n")
+    path.chmod(0o644)
+    write_map(path, [Subject("Maria Souza", "01"), Subject("Ana Lima", "02")])
+    assert path.stat().st_mode & 0o777 == 0o600
+    before = path.read_bytes()
+
+    # a folder name that is not UTF-8 reaches Python as surrogates: the write fails whole
+    with pytest.raises(UnicodeEncodeError):
+        write_map(path, [*read_map(path), Subject("Jo\udce3o", "03")])
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["map.tsv"]  # no temporary file left
 
 
 # ---------------------------------------------------------------------------------------------

@@ -111,6 +111,50 @@ class Plan:
         return "bidsapp-" + hashlib.sha256(self.output.encode()).hexdigest()[:8]
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_DIRECTIVE_VALUE = re.compile(r"[A-Za-z0-9_.,:+\-\[\]]+")
+_DIRECTIVE_PATH = re.compile(r"[^\s%'\"\\]+")
+
+
+def check_plan(plan: Plan) -> None:
+    """Refuse what a script cannot hold safely: a control character anywhere (a newline would
+    end an #SBATCH directive or start a shell line), and in #SBATCH lines, which sbatch reads
+    unquoted and where '%' is a file name pattern, anything but plain words and paths."""
+    values: list[tuple[str, str]] = [
+        ("SOURCE", plan.source),
+        ("OUTPUT", plan.output),
+        ("--subject-map", str(plan.subject_map)),
+        ("--slurm-dir", str(plan.slurm_dir)),
+        ("--image", plan.image),
+        ("--partition", plan.partition),
+        ("--time", plan.time),
+        ("--mem", plan.mem),
+        ("--credentials", str(plan.credentials or "")),
+        ("the working directory", str(plan.chdir)),
+        *(("--bidsapp-cmd", word) for word in plan.bidsapp_cmd),
+        *(("an option after '--'", word) for word in plan.extra),
+    ]
+    for what, value in values:
+        if _CONTROL.search(value):
+            raise UsageError(f"{what} holds a control character, which a script cannot carry")
+    for what, value in (
+        ("--partition", plan.partition),
+        ("--time", plan.time),
+        ("--mem", plan.mem),
+    ):
+        if value and not _DIRECTIVE_VALUE.fullmatch(value):
+            raise UsageError(
+                f"{what} {value!r} is not a SLURM value",
+                hint="e.g. --partition short --time 02:00:00 --mem 8G",
+            )
+    if not _DIRECTIVE_PATH.fullmatch(str(plan.slurm_dir)):
+        raise UsageError(
+            f"--slurm-dir {str(plan.slurm_dir)!r} holds a space, quote, backslash or '%', which "
+            "#SBATCH --output cannot take",
+            hint="choose a --slurm-dir without them",
+        )
+
+
 @dataclass(frozen=True)
 class Batch:
     """One written batch: task list and the two scripts."""
@@ -178,10 +222,10 @@ def _script(
     lines += [f"#SBATCH --time={plan.time}"] if plan.time else []
     lines += [f"#SBATCH --mem={plan.mem}"] if plan.mem else []
     lines += [
-        f"#SBATCH --chdir={plan.chdir}",
         f"# {what}.",
         f"# Written by bidsapp {__version__} ('bidsapp slurm write'); do not edit.",
         "set -euo pipefail",
+        f"cd -- {shlex.quote(str(plan.chdir))}  # where 'slurm write' ran (quoted: any path)",
         "",
         "# Node-local scratch: raw patient data never goes to a shared file system.",
         f'work="${{SLURM_TMPDIR:-${{TMPDIR:-/tmp}}}}/{scratch}"',
@@ -241,6 +285,7 @@ def write_batch(plan: Plan, tasks: Sequence[Task]) -> Batch:
     """A new batch folder holding the task list and both scripts."""
     if not tasks:
         raise UsageError("no tasks to write")
+    check_plan(plan)
     plan.slurm_dir.mkdir(parents=True, exist_ok=True)
     taken = [int(p.name[6:]) for p in plan.slurm_dir.glob("batch-*") if p.name[6:].isdigit()]
     number = max(taken, default=0) + 1
@@ -333,6 +378,7 @@ def to_redo(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
 def run_action(action: str, plan: Plan, *, date_secret: Path | None) -> int:
     """`bidsapp slurm write|submit|resubmit`: a new batch from the map (resubmit: only the jobs
     that are not published), written and, unless `write`, submitted with its group job."""
+    check_plan(plan)  # before anything is made or asked
     tasks = tasks_for(read_map(plan.subject_map))
     if date_secret is not None:  # made here, not raced for by the tasks
         load_secret(date_secret)

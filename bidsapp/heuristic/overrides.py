@@ -46,10 +46,14 @@ def load(path: Path) -> tuple[Override, ...]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"overrides file {path} cannot be read: {exc.strerror}") from exc
+    except UnicodeDecodeError:
+        raise UsageError(f"overrides file {path.name} is not UTF-8 text") from None
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
         raise UsageError(f"overrides file {path.name} is not valid: {exc}") from exc
+    except RecursionError:  # the format has no such nesting; a parser cannot follow it
+        raise UsageError(f"overrides file {path.name} is nested too deeply") from None
     return parse(data, path.name)
 
 

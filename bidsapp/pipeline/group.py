@@ -20,7 +20,14 @@ from loguru import logger
 
 from bidsapp.errors import ValidationFailed
 from bidsapp.pipeline.gate import BIDS_VERSION, validate
-from bidsapp.pipeline.publish import DERIVATIVE, INDEX, Target, init_shared, published_manifest
+from bidsapp.pipeline.publish import (
+    DERIVATIVE,
+    INDEX,
+    Target,
+    init_shared,
+    published_manifest,
+    repair,
+)
 from bidsapp.pipeline.status import read_all
 from bidsapp.report.index import index_entry, render_index
 from bidsapp.settings import Settings
@@ -76,6 +83,7 @@ def run_group(settings: Settings) -> int:
     if settings.init_only:
         logger.info("shared folders ready in {}", store.describe())
         return 0
+    _finish_interrupted(store)
     targets = published_targets(store)
     labels = sorted({t.label for t, _ in targets})
     logger.info("{} published subjects", len(labels))
@@ -94,6 +102,20 @@ def run_group(settings: Settings) -> int:
     _derivative_description(store)
     _index(store, targets)
     return _validate(store, settings.work_dir)
+
+
+def _finish_interrupted(store: Store) -> None:
+    """Finish publishes that stopped after their upload was verified (e.g. the manifest could
+    not be written on a full OUTPUT disk), as the subject's next job would; under its lock."""
+    if not store.exists(".bidsapp/incoming"):
+        return
+    tags = {e.name.rsplit("-", 1)[0] for e in store.list(".bidsapp/incoming") if e.is_dir}
+    for tag in sorted(tags):
+        label, _, session = tag.partition("-")
+        target = Target(label, session)
+        with store.lock(f"sub-{label}"):
+            for action in repair(store, target):
+                logger.warning("{}: {}", target.data, action)
 
 
 def _read_json(store: Store, path: str) -> dict[str, Any]:
@@ -149,7 +171,11 @@ def _derivative_description(store: Store) -> None:
 
 
 def _participants(store: Store, labels: list[str], fields: tuple[str, ...]) -> None:
-    columns, rows = _read_tsv(store, "participants.tsv", "participant_id")
+    try:
+        columns, rows = _read_tsv(store, "participants.tsv", "participant_id")
+    except Unmergeable as exc:
+        _leave_as_is(store, exc)
+        return
     for name in fields:
         if name not in columns:
             columns.append(name)
@@ -175,14 +201,61 @@ def _participants(store: Store, labels: list[str], fields: tuple[str, ...]) -> N
     _write_json(store, "participants.json", sidecar)
 
 
+class Unmergeable(ValueError):
+    """A curated TSV that cannot be merged without losing something a person wrote."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path} {problem}")
+        self.path = path
+
+
 def _read_tsv(store: Store, path: str, key: str) -> tuple[list[str], dict[str, dict[str, str]]]:
-    """Columns and rows (by `key`) of a TSV a person may have saved from a spreadsheet."""
+    """Columns and rows (by `key`) of a TSV a person may have saved from a spreadsheet (a
+    byte-order mark, CRLF line ends); Unmergeable when any row or cell would be lost."""
     if not store.exists(path):
         return [key], {}
-    text = store.read_bytes(path).decode("utf-8-sig")  # spreadsheets add a byte-order mark
-    reader = csv.DictReader(io.StringIO(text), delimiter="\t")
-    columns = list(reader.fieldnames or [key])
-    return columns, {r[key]: r for r in reader if r.get(key)}
+    try:
+        text = store.read_bytes(path).decode("utf-8-sig")  # spreadsheets add a byte-order mark
+    except UnicodeDecodeError:
+        raise Unmergeable(path, "is not UTF-8 text") from None
+    lines = [r for r in csv.reader(io.StringIO(text), delimiter="\t") if any(c.strip() for c in r)]
+    columns = lines[0] if lines else [key]
+    if key not in columns:
+        raise Unmergeable(path, _missing_key(columns, key))
+    if len(set(columns)) < len(columns):
+        raise Unmergeable(path, "has two columns of the same name")
+    rows: dict[str, dict[str, str]] = {}
+    first: dict[str, int] = {}
+    for n, cells in enumerate(lines[1:], start=2):
+        if len(cells) > len(columns):  # a short row only leaves cells empty (n/a)
+            raise Unmergeable(path, f"row {n} has {len(cells)} cells for {len(columns)} columns")
+        row = dict(zip(columns, cells + [""] * (len(columns) - len(cells)), strict=True))
+        if not row[key]:
+            raise Unmergeable(path, f"row {n} has an empty {key}")
+        if row[key] in rows and rows[row[key]] != row:
+            raise Unmergeable(
+                path, f"lists {row[key]} twice, differently (rows {first[row[key]]} and {n})"
+            )
+        rows.setdefault(row[key], row)
+        first.setdefault(row[key], n)
+    return columns, rows
+
+
+def _missing_key(columns: list[str], key: str) -> str:
+    near = [c for c in columns if re.sub(r"[\s_-]+", "_", c.strip().lower()) == key]
+    if near:
+        return f"names its {key} column {near[0]!r} (BIDS: {key!r})"
+    if len(columns) == 1 and "," in columns[0]:
+        return "is comma-separated (BIDS TSV files are tab-separated)"
+    return f"has no {key} column"
+
+
+def _leave_as_is(store: Store, problem: Unmergeable) -> None:
+    """A curated file that cannot be merged exactly: a copy goes to .bidsapp/invalid/ first,
+    the file itself is left as it is (never rewritten lossy), and the problem named."""
+    keep = f".bidsapp/invalid/{problem.path}"
+    store.write_bytes(keep, store.read_bytes(problem.path))
+    logger.warning("{}: left as it is, a copy kept in {}; fix it and rerun group", problem, keep)
 
 
 def _set_aside(
@@ -191,7 +264,11 @@ def _set_aside(
     """Curated rows whose subject or session is not published: kept, merged with earlier ones."""
     if not rows:
         return
-    kept_columns, kept = _read_tsv(store, path, key)
+    try:
+        kept_columns, kept = _read_tsv(store, path, key)
+    except Unmergeable as exc:  # our own file, edited by hand: kept aside, then started anew
+        _leave_as_is(store, exc)
+        kept_columns, kept = [key], {}
     merged = {**kept, **rows}
     all_columns = list(dict.fromkeys([*kept_columns, *columns]))
     logger.warning("{} curated rows have nothing published; kept in {}", len(rows), path)
@@ -255,7 +332,11 @@ def _sessions(store: Store, targets: list[tuple[Target, dict[str, Any]]]) -> Non
                 by_label.setdefault(target.label, set()).update(found)
     for label, sessions in by_label.items():
         path = f"sub-{label}/sub-{label}_sessions.tsv"
-        columns, rows = _read_tsv(store, path, "session_id")
+        try:
+            columns, rows = _read_tsv(store, path, "session_id")
+        except Unmergeable as exc:
+            _leave_as_is(store, exc)
+            continue
         published = {f"ses-{s}" for s in sessions}
         orphans = {sid: row for sid, row in rows.items() if sid not in published}
         aside = f".bidsapp/unpublished/sub-{label}_sessions.tsv"
@@ -324,8 +405,8 @@ def _mirror(store: Store, dest: Path) -> None:
     everything else whole; bookkeeping and `log/` folders (which validators skip) left out."""
     heads: list[tuple[str, Path]] = []
     whole: list[tuple[str, Path]] = []
-    for n, (rel, _) in enumerate(store.walk("")):
-        if rel.startswith(".bidsapp/") or "/log/" in f"/{rel}":
+    for n, (rel, entry) in enumerate(store.walk("")):
+        if rel.startswith(".bidsapp/") or "/log/" in f"/{rel}" or entry.skipped:
             continue
         local = dest / rel
         if dest not in local.parents:  # the store's own names; never let one climb out

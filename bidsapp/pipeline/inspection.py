@@ -50,7 +50,7 @@ def run_inspect(
         except OSError as exc:
             raise LocalIOError(f"cannot create a work dir in {root}: {exc.strerror}") from exc
         try:
-            staged = stage(store, subject.source, work)
+            staged = stage(store, subject.source, work, one_person=subject.one_person)
             exam_name = store.folder_name(subject.source)  # `id:` rows hide it; PHI
             ids = Identifiers.collect(staged.headers, exam_name, subject.label)
             rows = survey(staged, subject, heuristic, work)

@@ -7,8 +7,10 @@ own JSON log (redacted, published PHI-free) and its own status record.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
+import re
 import secrets
 import shutil
 import time
@@ -27,7 +29,14 @@ from bidsapp.heuristic.loader import Heuristic
 from bidsapp.pipeline import preempt
 from bidsapp.pipeline.convert import convert
 from bidsapp.pipeline.gate import GateReport, recheck, run_gate
-from bidsapp.pipeline.publish import Target, publish, published_manifest, repair
+from bidsapp.pipeline.owner import abandoned, write_owner
+from bidsapp.pipeline.publish import (
+    Target,
+    check_layout,
+    publish,
+    published_manifest,
+    repair,
+)
 from bidsapp.pipeline.stage import StagedExam, stage
 from bidsapp.pipeline.status import StatusRecord
 from bidsapp.pipeline.subjects import Subject, from_folder_names, read_map, select, select_sessions
@@ -68,7 +77,10 @@ def fingerprint(source: Store, subject: Subject, heuristic: Heuristic) -> str:
     """What the output depends on: the exam's listing, the labels and the heuristic."""
     digest = hashlib.sha256()
     for rel, entry in source.walk(subject.source):
-        digest.update(f"{rel}\0{entry.key}\n".encode())
+        # an ordinary file hashes as it always did, so published subjects stay up to date
+        line = f"{rel}\0{entry.key}" + (f"\0{entry.skipped}" if entry.skipped else "") + "\n"
+        # surrogateescape: a file name that is not UTF-8 still counts, byte for byte
+        digest.update(line.encode("utf-8", "surrogateescape"))
     digest.update(f"{subject.label}\0{subject.session}\0{heuristic.sha256}".encode())
     return digest.hexdigest()
 
@@ -76,14 +88,35 @@ def fingerprint(source: Store, subject: Subject, heuristic: Heuristic) -> str:
 def _make_work_dir(settings: Settings, subject: Subject, run_id: str) -> Path:
     try:
         settings.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        sweep_abandoned(settings.work_dir)
         work = settings.work_dir / f"{subject.job_name}-{run_id}"
         work.mkdir(mode=0o700)
         work.chmod(0o700)  # mkdir's mode is filtered by the umask
+        write_owner(work)  # so that a later job can sweep it if this one is killed
     except OSError as exc:
         raise LocalIOError(
             f"cannot create the work dir in {settings.work_dir}: {exc.strerror}"
         ) from exc
     return work
+
+
+_WORK_FOLDER = re.compile(r"^sub-[A-Za-z0-9]+(_ses-[A-Za-z0-9]+)?-\d{8}T\d{6}[0-9a-f]{6}$")
+
+
+def sweep_abandoned(work_dir: Path) -> list[str]:
+    """Remove the work folders of jobs whose process is gone (killed, or the node rebooted):
+    they hold raw DICOMs. Folders of live jobs, of other hosts, or without an owner record are
+    left alone. Returns the names removed."""
+    removed = []
+    for folder in sorted(work_dir.iterdir()):
+        if _WORK_FOLDER.match(folder.name) and folder.is_dir() and abandoned(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder.name)
+            logger.warning("removed the work folder {} of a job that is gone", folder.name)
+    return removed
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EIO)
 
 
 def run_job(
@@ -114,44 +147,66 @@ class Job:
             subject.label + (f" ses-{subject.session}" if subject.session else "")
         )
         logs.redactor.reset()
-        self.ids = Identifiers.collect([], subject.exam_folder_name, subject.label)
+        self.ids = Identifiers()
+        for part in subject.source_parts:  # any folder on the way can be named for the patient
+            self.ids = self.ids.merge(Identifiers.collect([], part, subject.label))
         logs.redactor.add_identifiers(self.ids)
         self.work: Path | None = None
+        self.json_log: logs.JsonLog | None = None
 
     def run(self) -> JobResult:
         """Run every step; failures become a JobResult, the work dir is cleaned up."""
-        name, settings = self.subject.job_name, self.settings
-        close_log = None
+        name = self.subject.job_name
         try:
-            self.work = _make_work_dir(settings, self.subject, self.run_id)
-            close_log = logs.add_json_log(self.work / "log.jsonl")
+            self.work = _make_work_dir(self.settings, self.subject, self.run_id)
+            try:
+                self.json_log = logs.JsonLog(self.work / "log.jsonl")
+            except OSError as exc:
+                raise LocalIOError(f"cannot write the job's log: {exc.strerror}") from exc
             state = self._steps(self.work)
             return JobResult(name, state, 0)
         except BidsAppError as exc:
-            if preempt.requested() and not isinstance(exc, preempt.Preempted):
-                exc = preempt.Preempted(f"stopped by SIGTERM while it failed: {exc}")
-            message = logs.redactor(exc.one_line())
-            self.log.error(message)
-            self._failed(exc.exit_code, type(exc).__name__, retryable=exc.exit_code == 75)
-            return JobResult(name, "failed", exc.exit_code, message)
+            return self._failure(exc)
+        except OSError as exc:
+            if exc.errno not in _DISK_FULL:
+                return self._bug(exc)
+            return self._failure(LocalIOError(f"cannot write in the work dir: {exc.strerror}"))
         except Exception as exc:  # a bug: traceback to the log file, one line to the console
-            self.log.debug(logs.redactor(traceback.format_exc()))
-            if preempt.requested():  # a tool killed by the same SIGTERM, not a bug
-                message = preempt.Preempted("stopped by SIGTERM").one_line()
-                self.log.error(message)
-                self._failed(75, "Preempted", retryable=True)
-                return JobResult(name, "failed", 75, message)
-            message = logs.redactor(f"unexpected error: {type(exc).__name__}: {exc}")
-            self.log.error(message)
-            self._failed(1, type(exc).__name__, retryable=False)
-            return JobResult(name, "failed", 1, message)
+            return self._bug(exc)
         finally:
-            if close_log is not None:
-                close_log()
-            if self.work is not None and not settings.keep_work:
-                shutil.rmtree(self.work, ignore_errors=True)
-            elif self.work is not None:
-                logger.info("work dir kept: {}", self.work)
+            # The work dir holds raw patient data: it goes whatever else failed here.
+            try:
+                if self.json_log is not None:
+                    self.json_log.close()
+            finally:
+                self._remove_work()
+
+    def _failure(self, exc: BidsAppError) -> JobResult:
+        if preempt.requested() and not isinstance(exc, preempt.Preempted):
+            exc = preempt.Preempted(f"stopped by SIGTERM while it failed: {exc}")
+        message = logs.redactor(exc.one_line())
+        self.log.error(message)
+        self._failed(exc.exit_code, type(exc).__name__, retryable=exc.exit_code == 75)
+        return JobResult(self.subject.job_name, "failed", exc.exit_code, message)
+
+    def _bug(self, exc: Exception) -> JobResult:
+        self.log.debug(logs.redactor(traceback.format_exc()))
+        if preempt.requested():  # a tool killed by the same SIGTERM, not a bug
+            return self._failure(preempt.Preempted("stopped by SIGTERM"))
+        message = logs.redactor(f"unexpected error: {type(exc).__name__}: {exc}")
+        self.log.error(message)
+        self._failed(1, type(exc).__name__, retryable=False)
+        return JobResult(self.subject.job_name, "failed", 1, message)
+
+    def _remove_work(self) -> None:
+        if self.work is None:
+            return
+        if self.settings.keep_work:
+            logger.info("work dir kept: {}", self.work)
+            return
+        shutil.rmtree(self.work, ignore_errors=True)
+        if self.work.exists():  # e.g. a file a tool made read-only in a read-only folder
+            logger.warning("the work dir could not be removed completely: {}", self.work)
 
     def _steps(self, work: Path) -> str:
         settings, subject, log, status = self.settings, self.subject, self.log, self.status
@@ -175,10 +230,14 @@ class Job:
         if settings.dry_run:
             log.info("dry run: would be converted and published")
             return "dry-run"
+        check_layout(self.output, self.target)  # before any work; publish checks it again
         status.save(self.output, "started")
 
         staged = self._timed(
-            "stage", lambda: stage(self.source, subject.source, work, self.timings)
+            "stage",
+            lambda: stage(
+                self.source, subject.source, work, self.timings, one_person=subject.one_person
+            ),
         )
         self.ids = self.ids.merge(Identifiers.collect(staged.headers, exam_name, subject.label))
         logs.redactor.add_identifiers(self.ids)
@@ -224,6 +283,8 @@ class Job:
         ]
         self._timed("gate", lambda: self._gate(report, converted.root, work))
         status.save(self.output, "gated")
+        if self.json_log is not None and self.json_log.error is not None:
+            raise LocalIOError(f"cannot write the job's log: {self.json_log.error.strerror}")
         (local["deriv"] / "log.jsonl").write_text(
             _redacted_log(work / "log.jsonl", self.ids), encoding="utf-8"
         )
@@ -276,7 +337,7 @@ class Job:
         settings, label = self.settings, self.subject.label
         secret = load_secret(settings.date_secret) if settings.dates == "shift" else b""
         offset = date_offset(label, secret) if secret else 0
-        report: dict[str, Any] = {"profile": "none"}
+        report: dict[str, Any] = {"profile": "none", "dates": settings.dates}
         if settings.deid_profile != "none":
             result = deidentify(
                 bids_root / f"sub-{label}",
@@ -285,9 +346,9 @@ class Job:
                 dates=settings.dates,
                 offset_days=offset,
             )
-            if settings.deface_cmd:
-                result.defaced = deface(bids_root / f"sub-{label}", settings.deface_cmd)
             report = result.to_json()
+        if settings.deface_cmd:  # faces are not header text: defaced whatever the profile
+            report["defaced"] = deface(bids_root / f"sub-{label}", settings.deface_cmd)
         if settings.sourcedata:
             dest = work / "sourcedata" / self.target.data
             seed = dicom_seed(label, secret or load_secret(settings.date_secret))

@@ -11,6 +11,7 @@ verified, dropping it otherwise), then decides from the manifest whether there i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ from typing import Any
 
 from loguru import logger
 
+from bidsapp.errors import UsageError
 from bidsapp.stores import Store
 
 SHARED_FOLDERS = (
@@ -192,6 +194,31 @@ def repair(store: Store, target: Target) -> list[str]:
     return actions
 
 
+def check_layout(store: Store, target: Target) -> None:
+    """A subject is published either whole or by session, never both: a session-less publish
+    would move every session of the subject aside, and a session beside session-less data
+    makes a dataset no BIDS tool reads."""
+    subject = f"sub-{target.label}"
+    if not store.exists(subject):
+        return
+    entries = store.list(subject)
+    sessions = sorted(e.name for e in entries if e.is_dir and e.name.startswith("ses-"))
+    others = [e for e in entries if not e.name.startswith(("ses-", f"{subject}_sessions"))]
+    if not target.session and sessions:
+        raise UsageError(
+            f"{subject} has sessions in OUTPUT ({', '.join(sessions)}): a job without a "
+            "session would replace them all",
+            hint="give this exam a session in the subject map",
+        )
+    if target.session and others:
+        raise UsageError(
+            f"{subject} is published without sessions in OUTPUT: ses-{target.session} cannot "
+            "be added beside it",
+            hint="give every exam of this participant a session in the subject map and "
+            "republish it, or map this exam without a session",
+        )
+
+
 def publish(
     store: Store, target: Target, local: dict[str, Path], manifest: dict[str, Any]
 ) -> dict[str, Any]:
@@ -199,6 +226,7 @@ def publish(
 
     `local` maps parts ('data', 'deriv', optionally 'source') to the local folders to publish.
     """
+    check_layout(store, target)
     run = manifest["run_id"]
     incoming, replaced = (
         f".bidsapp/incoming/{target.tag}-{run}",
@@ -214,16 +242,25 @@ def publish(
     ]
     sends = [(f, f"{incoming}/{part}/{rel}") for part, f, _, rel in uploads]
     half = len(sends) // 2 + 1  # the "upload" fault point falls halfway through
-    md5s = store.upload_many(sends[:half])
-    if sends:
-        fault("upload")
-    md5s += store.upload_many(sends[half:])
-    for (part, f, path, rel), md5 in zip(uploads, md5s, strict=True):
-        key = store.key(f"{incoming}/{part}/{rel}")  # moves keep it (rename, reparent)
-        files.append({"path": f"{path}/{rel}", "size": f.stat().st_size, "md5": md5, "key": key})
-    fault("uploaded")
-    manifest = {**manifest, "files": files}
-    store.write_bytes(f"{incoming}/{PENDING}", json.dumps(manifest, indent=2).encode() + b"\n")
+    try:
+        md5s = store.upload_many(sends[:half])
+        if sends:
+            fault("upload")
+        md5s += store.upload_many(sends[half:])
+        for (part, f, path, rel), md5 in zip(uploads, md5s, strict=True):
+            key = store.key(f"{incoming}/{part}/{rel}")  # moves keep it (rename, reparent)
+            size = f.stat().st_size
+            files.append({"path": f"{path}/{rel}", "size": size, "md5": md5, "key": key})
+        fault("uploaded")
+        manifest = {**manifest, "files": files}
+        pending = json.dumps(manifest, indent=2).encode() + b"\n"
+        store.write_bytes(f"{incoming}/{PENDING}", pending)
+    except Exception:
+        # Nothing was swapped in yet: free what the upload took (a full OUTPUT disk must leave
+        # room for the status record), best effort; a rerun's repair drops anything left.
+        with contextlib.suppress(Exception):
+            store.remove(incoming)
+        raise
     fault("pending")
 
     for n, (part, path) in enumerate(target.parts):

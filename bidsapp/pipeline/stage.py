@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import struct
 import tarfile
 import warnings
 import zipfile
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 import pydicom
 from pydicom import config
@@ -28,11 +30,16 @@ from pydicom.valuerep import VR
 
 from bidsapp.errors import BadInputData
 from bidsapp.heuristic.headers import ENHANCED_CLASSES, FileRecord, record
+from bidsapp.privacy.phi import tokenize
 from bidsapp.stores import Store
 from bidsapp.timing import Timings
 
 DICOMDIR_UID = "1.2.840.10008.1.3.10"
 MAX_ARCHIVE_DEPTH = 3
+# Expanded : compressed. DICOM rarely compresses beyond 20:1; zip bombs reach 1000:1.
+MAX_RATIO = 200
+RATIO_FROM = 1 << 20  # smaller members may compress as they like
+FREE_SHARE = 0.9  # archives may fill at most this share of the work dir's free space
 PHI_FIELDS = ("PatientName", "PatientID", "OtherPatientIDs", "PatientBirthDate", "AccessionNumber")
 _TM = re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$")
 _DT = re.compile(r"^\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)?)?([+-]\d{4})?$")
@@ -90,28 +97,45 @@ class StagedExam:
     bytes: int = 0
 
 
-def stage(store: Store, exam: str, work: Path, timings: Timings | None = None) -> StagedExam:
-    """Download, unpack, check and sort one exam folder into work/dicom/study-N/."""
+def stage(
+    store: Store,
+    exam: str,
+    work: Path,
+    timings: Timings | None = None,
+    *,
+    one_person: bool = False,
+) -> StagedExam:
+    """Download, unpack, check and sort one exam folder into work/dicom/study-N/.
+
+    Studies of different patients fail (65) unless `one_person` (the subject map says so).
+    """
     download = work / "download"
     download.mkdir(mode=0o700, parents=True, exist_ok=True)
     pending: list[tuple[str, Path]] = []
     wanted: list[tuple[str, Path]] = []
+    set_aside: list[tuple[str, str]] = []
     total_bytes = 0
     for n, (rel, entry) in enumerate(store.walk(exam)):
+        if entry.skipped:  # links, shortcuts and special files are listed, never read
+            set_aside.append((shown(rel), entry.skipped))
+            continue
         local = download / f"{n:07d}"
         wanted.append((f"{exam}/{rel}" if exam else rel, local))
-        pending.append((rel, local))
+        pending.append((shown(rel), local))
         total_bytes += entry.size
     timings = timings or Timings()
     with timings.step("stage/copy"):
         store.download_many(wanted)  # in parallel where the store gains by it (Drive)
     if not pending:
+        what = f"holds no files it can read ({len(set_aside)} set aside)" if set_aside else ""
         raise BadInputData(
-            "the exam folder is empty", hint="check the subject map points at the exam"
+            f"the exam folder {what or 'is empty'}",
+            hint="check the subject map points at the exam",
         )
 
-    result = StagedExam(studies=[], bytes=total_bytes)
-    files = list(_expand(pending, download, 0, result))
+    result = StagedExam(studies=[], bytes=total_bytes, skipped=set_aside)
+    budget = _Budget(int(shutil.disk_usage(download).free * FREE_SHARE))
+    files = list(_expand(pending, download, 0, result, budget))
     by_study: dict[str, list[tuple[Path, FileRecord]]] = {}
     started: dict[str, str] = {}
     seen_headers: set[tuple[str, ...]] = set()
@@ -137,6 +161,14 @@ def stage(store: Store, exam: str, work: Path, timings: Timings | None = None) -
         raise BadInputData(
             f"the exam folder holds {what}", hint="check the exam was exported as DICOM"
         )
+    patients = distinct_patients(result.headers)
+    if patients > 1 and not one_person:
+        raise BadInputData(
+            f"the exam folder holds studies of {patients} different patients (by PatientID, or "
+            "by name where the ID is missing)",
+            hint="map each patient's folder to its own participant, or write 'yes' in the "
+            "subject map's one_person column if they are one person",
+        )
     dicom = work / "dicom"
     for k, uid in enumerate(sorted(by_study, key=lambda u: (started[u], u)), start=1):
         folder = dicom / f"study-{k}"
@@ -148,6 +180,29 @@ def stage(store: Store, exam: str, work: Path, timings: Timings | None = None) -
         result.studies.append(Study(uid, started[uid], folder, len(staged), records))
         result.files += len(staged)
     return result
+
+
+def shown(name: str) -> str:
+    """A source name as text: bytes that were not UTF-8 shown as \\xNN (names stay in memory
+    and reports; they never become paths)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def distinct_patients(headers: list[dict[str, Any]]) -> int:
+    """How many people the staged headers belong to: the distinct PatientIDs, plus each name
+    seen only without an ID that no study with an ID carries (case and accents aside)."""
+    ids: set[tuple[str, ...]] = set()
+    named_with_id: set[tuple[str, ...]] = set()
+    named_only: set[tuple[str, ...]] = set()
+    for header in headers:
+        pid = tokenize(str(header.get("PatientID") or ""))
+        name = tokenize(str(header.get("PatientName") or ""))
+        if pid:
+            ids.add(pid)
+            named_with_id.add(name)
+        elif name:
+            named_only.add(name)
+    return max(len(ids) + len(named_only - named_with_id), 1 if headers else 0)
 
 
 @dataclass(frozen=True)
@@ -217,10 +272,25 @@ def _plain(value: object) -> str | list[str]:
     return str(value)
 
 
+@dataclass
+class _Budget:
+    """Bytes archives may still expand to in the work dir."""
+
+    left: int
+
+
+class _Refused(Exception):
+    """An archive member that is not expanded, and why."""
+
+
 def _expand(
-    items: list[tuple[str, Path]], folder: Path, depth: int, result: StagedExam
+    items: list[tuple[str, Path]], folder: Path, depth: int, result: StagedExam, budget: _Budget
 ) -> Iterator[tuple[str, Path]]:
-    """Yield plain files; unpack archives (member names are shown, never used as paths)."""
+    """Yield plain files; unpack archives (member names are shown, never used as paths).
+
+    Members that would expand beyond MAX_RATIO or the work dir's free space are refused and
+    listed with the skipped files, as is an archive that cannot be read.
+    """
     for rel, path in items:
         if _has_dicom_magic(path) or not _is_archive(path):
             yield rel, path
@@ -229,40 +299,84 @@ def _expand(
             result.skipped.append((rel, "archive nested too deep"))
             path.unlink()
             continue
-        members = list(_unpack(path, folder, rel))
+        members: list[tuple[str, Path]] = []
+        try:
+            for member in _unpack(path, folder, rel, budget):
+                if isinstance(member, tuple):
+                    members.append(member)
+                else:
+                    result.skipped.append((member.args[0], f"refused: {member.args[1]}"))
+        except (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError, OSError) as exc:
+            if isinstance(exc, OSError) and exc.errno is not None:
+                raise  # a full or failing work disk is not bad input
+            result.skipped.append((rel, f"archive cannot be read ({type(exc).__name__})"))
         path.unlink()
-        yield from _expand(members, folder, depth + 1, result)
+        yield from _expand(members, folder, depth + 1, result, budget)
 
 
 def _is_archive(path: Path) -> bool:
     return zipfile.is_zipfile(path) or tarfile.is_tarfile(path)
 
 
-def _unpack(archive: Path, folder: Path, rel: str) -> Iterator[tuple[str, Path]]:
+def _check_member(name: str, size: int, packed: int, budget: _Budget, already: int = 0) -> None:
+    """Raise _Refused unless a member of `size` bytes may expand: it fits the budget, and with
+    what `already` came from the same `packed` compressed bytes it stays under MAX_RATIO."""
+    if size > budget.left:
+        raise _Refused(name, f"{size} bytes would not fit in the work dir's free space")
+    total = already + size
+    if total > RATIO_FROM and total > MAX_RATIO * max(packed, 1):
+        raise _Refused(name, f"compressed more than {MAX_RATIO}:1 (an archive bomb?)")
+
+
+def _copy_member(src: IO[bytes], local: Path, size: int, budget: _Budget) -> None:
+    """Copy at most `size` bytes (what the archive declares) and charge them to the budget."""
+    written = 0
+    with local.open("wb") as dst:
+        while written < size and (block := src.read(min(1 << 20, size - written))):
+            dst.write(block)
+            written += len(block)
+    budget.left -= written
+
+
+def _unpack(
+    archive: Path, folder: Path, rel: str, budget: _Budget
+) -> Iterator[tuple[str, Path] | _Refused]:
     stem = archive.name
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
             for n, info in enumerate(zf.infolist()):
                 if info.is_dir():
                     continue
+                name = f"{rel}!{info.filename}"
+                try:
+                    _check_member(name, info.file_size, info.compress_size, budget)
+                except _Refused as refused:
+                    yield refused
+                    continue
                 local = folder / f"{stem}.{n:06d}"
-                with zf.open(info) as src, local.open("wb") as dst:
-                    while block := src.read(1 << 20):
-                        dst.write(block)
-                yield f"{rel}!{info.filename}", local
+                with zf.open(info) as src:
+                    _copy_member(src, local, info.file_size, budget)
+                yield name, local
         return
+    packed, expanded = archive.stat().st_size, 0  # a tar's members share its compression
     with tarfile.open(archive) as tf:
         for n, member in enumerate(tf.getmembers()):
             if not member.isfile():
                 continue  # links and devices are never followed out of an archive
+            name = f"{rel}!{member.name}"
+            try:
+                _check_member(name, member.size, packed, budget, expanded)
+            except _Refused as refused:
+                yield refused
+                continue
             member_file = tf.extractfile(member)
             if member_file is None:
                 continue
             local = folder / f"{stem}.{n:06d}"
-            with member_file, local.open("wb") as dst:
-                while block := member_file.read(1 << 20):
-                    dst.write(block)
-            yield f"{rel}!{member.name}", local
+            with member_file:
+                _copy_member(member_file, local, member.size, budget)
+            expanded += member.size
+            yield name, local
 
 
 def _has_dicom_magic(path: Path) -> bool:

@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from bidsapp.errors import BidsAppError
+from bidsapp.pipeline.owner import Owner
 from bidsapp.pipeline.publish import Target, published_manifest
 from bidsapp.pipeline.subjects import read_map
 from bidsapp.stores import Store
 
 STATES = ("started", "staged", "converted", "gated", "published", "skipped", "failed")
+RUNNING = STATES[:4]
 
 
 @dataclass
@@ -31,6 +33,8 @@ class StatusRecord:
     set_aside: int = 0  # series left out of the publication for failing validation
     timings: dict[str, float] = field(default_factory=dict)
     updated: float = 0.0
+    owner: dict[str, Any] = field(default_factory=lambda: Owner.this_process().to_json())
+    """The process that writes this record: `status` can tell when it is gone."""
 
     @property
     def path(self) -> str:
@@ -81,8 +85,17 @@ def job_states(
             state = record["state"]
             if state in ("published", "skipped") and not complete:
                 state = "incomplete"
-        rows.append({**record, "state": state, "published": complete})
+        rows.append({**record, "state": state, "published": complete, **_gone(record, state)})
     return rows
+
+
+def _gone(record: dict[str, Any], state: str) -> dict[str, bool]:
+    """`process_gone` for a record still in a running state whose process has ended (known
+    only on the host that ran it)."""
+    if state not in RUNNING:
+        return {}
+    owner = Owner.from_json(record.get("owner"))
+    return {"process_gone": True} if owner is not None and owner.gone() else {}
 
 
 def print_status(
@@ -100,5 +113,6 @@ def print_status(
         error = r["error_class"] + (" (retryable)" if r["retryable"] else "")
         if r.get("set_aside"):
             error = f"{r['set_aside']} series set aside (validation)"
-        print(f"sub-{r['label']}\t{ses}\t{r['state']}\t{code}\t{error}")
+        state = r["state"] + (" (process gone)" if r.get("process_gone") else "")
+        print(f"sub-{r['label']}\t{ses}\t{state}\t{code}\t{error}")
     return 0

@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
+import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from bidsapp.errors import NoSubjectSelected, UsageError
 from bidsapp.stores import Store
 
 HEADER = ("source", "participant", "session")
+ONE_PERSON = "one_person"
+"""Optional fourth column: `yes` when the exam's studies carry different patient IDs (or names)
+but are one person (a changed record number, an anonymised export with per-study IDs)."""
+YES = ("yes", "y", "true", "1")
 LABEL = re.compile(r"[A-Za-z0-9]+")
 
 
@@ -38,6 +44,8 @@ class Subject:
     source: str  # path relative to SOURCE (PHI: never printed)
     label: str
     session: str = ""
+    one_person: bool = False
+    """The map says the exam's studies are one person even if their patient IDs differ."""
 
     @property
     def job_name(self) -> str:
@@ -48,6 +56,11 @@ class Subject:
     def exam_folder_name(self) -> str:
         """The exam folder's own name (an identifier unless it is the label itself)."""
         return self.source.rstrip("/").split("/")[-1]
+
+    @property
+    def source_parts(self) -> list[str]:
+        """Every component of the source path: any of them can name the patient."""
+        return [part for part in self.source.split("/") if part]
 
 
 def read_map(path: Path) -> list[Subject]:
@@ -63,8 +76,9 @@ def read_map(path: Path) -> list[Subject]:
         raise UsageError(
             f"subject map {path} must start with the header 'source<TAB>participant<TAB>session'"
         )
+    one_person = len(rows[0]) > 3 and rows[0][3].strip() == ONE_PERSON
     subjects: list[Subject] = []
-    seen: set[tuple[str, str]] = set()
+    lines: dict[tuple[str, str], int] = {}
     for n, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
             continue
@@ -74,23 +88,70 @@ def read_map(path: Path) -> list[Subject]:
         session = (
             clean_label(row[2].strip(), "session label") if len(row) > 2 and row[2].strip() else ""
         )
-        if (label, session) in seen:
+        if (label, session) in lines:
             raise UsageError(
                 f"subject map {path} line {n}: sub-{label} session {session or '-'} twice"
             )
-        seen.add((label, session))
-        subjects.append(Subject(row[0].strip(), label, session))
+        _check_source(path, n, row[0].strip())
+        lines[(label, session)] = n
+        same = one_person and len(row) > 3 and row[3].strip().lower() in YES
+        subjects.append(Subject(row[0].strip(), label, session, same))
+    _check_sessions(path, lines)
     return subjects
 
 
+def _check_source(path: Path, line: int, source: str) -> None:
+    """An empty source would stage all of SOURCE; `..` or `/` would leave it (never printed)."""
+    where = f"subject map {path} line {line}"
+    if not source:
+        raise UsageError(
+            f"{where}: the source cell is empty",
+            hint="write the exam folder's path relative to SOURCE",
+        )
+    parts = PurePosixPath(source).parts
+    if source.startswith("/") or ".." in parts:
+        raise UsageError(
+            f"{where}: the source must be a path inside SOURCE (no '..', no leading '/')",
+            hint="write the exam folder's path relative to SOURCE",
+        )
+
+
+def _check_sessions(path: Path, lines: dict[tuple[str, str], int]) -> None:
+    """One label is either session-less or has sessions: a session-less publish would replace
+    every session of the subject."""
+    for (label, session), n in sorted(lines.items(), key=lambda item: item[1]):
+        if session:
+            continue
+        with_sessions = sorted(m for (lab, ses), m in lines.items() if lab == label and ses)
+        if with_sessions:
+            raise UsageError(
+                f"subject map {path}: sub-{label} has a row without a session (line {n}) and "
+                f"rows with one (line {', '.join(map(str, with_sessions))})",
+                hint="give every row of that participant a session, or none of them",
+            )
+
+
 def write_map(path: Path, subjects: list[Subject]) -> None:
-    """Write the map, header first, in the given order."""
+    """Write the map, header first, in the given order: 0600 (it holds patients' folder names)
+    and atomically, so a failure never leaves a truncated map behind."""
     buf = io.StringIO()
     writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
-    writer.writerow(HEADER)
+    one_person = any(s.one_person for s in subjects)
+    writer.writerow((*HEADER, ONE_PERSON) if one_person else HEADER)
     for s in subjects:
-        writer.writerow((s.source, s.label, s.session))
-    path.write_text(buf.getvalue(), encoding="utf-8")
+        row = (s.source, s.label, s.session)
+        writer.writerow((*row, "yes" if s.one_person else "") if one_person else row)
+    data = buf.getvalue().encode("utf-8")  # before anything is written: a bad name changes nothing
+    fd, tmp = tempfile.mkstemp(dir=path.absolute().parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:  # mkstemp creates it 0600
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def from_folder_names(store: Store) -> list[Subject]:
@@ -120,6 +181,13 @@ def extend_map(existing: list[Subject], store: Store) -> tuple[list[Subject], in
     next_number = max((int(s.label) for s in existing if s.label.isdigit()), default=0) + 1
     added: list[Subject] = []
     folders = [e for e in store.list("") if e.is_dir and not e.name.startswith(".")]
+    undecodable = [e for e in folders if not _is_text(e.name)]
+    if undecodable:
+        raise UsageError(
+            f"{len(undecodable)} exam folder(s) in SOURCE have names that are not valid UTF-8 "
+            "(e.g. Latin-1 from an old share); the subject map was not changed",
+            hint="rename them to UTF-8 (e.g. convmv -f latin1 -t utf8 -r --notest SOURCE)",
+        )
     names = [e.name for e in folders]
     for entry in folders:
         # Drive names repeat: such folders are mapped by id (the store's `ref`) instead.
@@ -133,6 +201,15 @@ def extend_map(existing: list[Subject], store: Store) -> tuple[list[Subject], in
         known.add(source)
         added.append(Subject(source, label))
     return existing + added, len(added)
+
+
+def _is_text(name: str) -> bool:
+    """False for a file name that was not valid UTF-8 (Python keeps its bytes as surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def select(subjects: list[Subject], labels: tuple[str, ...], where: str) -> list[Subject]:

@@ -33,6 +33,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from bidsapp.errors import BadInputData, UsageError
+from bidsapp.files import rewrite
 from bidsapp.privacy.phi import HEADER_FIELDS, Identifiers
 from bidsapp.privacy.profiles import (
     DATE_MODES,
@@ -51,7 +52,8 @@ from bidsapp.privacy.profiles import (
 )
 from bidsapp.tools import ToolFailed, run
 
-__all__ = ["DATE_MODES", "DeidReport", "Rule", "date_offset", "deface", "deidentify"]
+__all__ = ["DATE_MODES", "DeidReport", "Rule", "date_offset", "deface", "deface_template"]
+__all__ += ["deidentify"]
 __all__ += ["deidentify_dicoms", "dicom_seed", "load_secret", "profile", "shift_date"]
 
 NA = "n/a"
@@ -128,20 +130,6 @@ def _decode(data: bytes) -> str:
         return data.decode("latin-1")
 
 
-def _rewrite(path: Path, data: bytes) -> None:
-    """Replace a file atomically, keeping its mode (heudiconv leaves its outputs read-only)."""
-    mode = stat.S_IMODE(path.stat().st_mode)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".deid-")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _count(counts: dict[str, int], key: str, n: int = 1) -> None:
     counts[key] = counts.get(key, 0) + n
 
@@ -175,7 +163,7 @@ class _TreeJob:
         clean = self.json_value("(root)", data)
         if clean == data:
             return False
-        _rewrite(path, (json.dumps(clean, indent=2, ensure_ascii=False) + "\n").encode())
+        rewrite(path, (json.dumps(clean, indent=2, ensure_ascii=False) + "\n").encode())
         return True
 
     def json_value(self, key: str, value: Any) -> Any:
@@ -217,7 +205,7 @@ class _TreeJob:
         new = "".join("\t".join(cells) + "\n" for cells in out)
         if new == text:
             return False
-        _rewrite(path, new.encode())
+        rewrite(path, new.encode())
         return True
 
     def tsv_cell(self, column: str, cell: str) -> str:
@@ -258,7 +246,7 @@ class _TreeJob:
         # the header is patched in place so the image data stays byte for byte the same
         raw = gzip.decompress(path.read_bytes()) if gz else path.read_bytes()
         new = header.binaryblock + bytes(rest) + raw[len(head) :]
-        _rewrite(path, gzip.compress(new, compresslevel=6, mtime=0) if gz else new)
+        rewrite(path, gzip.compress(new, compresslevel=6, mtime=0) if gz else new)
         return True
 
     def nifti_extensions(self, rest: bytearray, endian: str, end: int) -> bool:
@@ -392,11 +380,20 @@ def anatomical_images(subject_dir: Path) -> list[Path]:
     return sorted(images)
 
 
-def deface(subject_dir: Path, command: str) -> list[str]:
-    """Run the user's defacing command ({in} and {out} placeholders) on every anatomical image."""
-    template = shlex.split(command)
+def deface_template(command: str) -> list[str]:
+    """The defacing command as words; a usage error when it cannot be run as given."""
+    try:
+        template = shlex.split(command)
+    except ValueError as exc:  # an unbalanced quote
+        raise UsageError(f"--deface-cmd cannot be read: {exc}", hint="check its quotes") from None
     if not any("{in}" in a for a in template) or not any("{out}" in a for a in template):
         raise UsageError("--deface-cmd needs {in} and {out}, e.g. 'pydeface {in} --outfile {out}'")
+    return template
+
+
+def deface(subject_dir: Path, command: str) -> list[str]:
+    """Run the user's defacing command ({in} and {out} placeholders) on every anatomical image."""
+    template = deface_template(command)
     done = []
     for image in anatomical_images(subject_dir):
         rel = image.relative_to(subject_dir.parent).as_posix()

@@ -1,14 +1,20 @@
 """Patient identifiers (PHI): collect from DICOM headers, find and redact in text and files.
 
-Matching is on whole normalized tokens, so an identifier never hits inside a longer word or
-number. Values that identify no one are reported (field and reason, never the value) rather than
-silently dropped, so the GateReport shows what was not checked.
+Matching is on normalized tokens (case, accents and separators do not matter). Besides each
+value as written, the forms people write it in are identifiers too: the name's parts, its short
+parts when they stand together, its parts run together (JoaoConceicao), the birth date in the
+common written orders (12/03/1975, 1975.03.12, 12 Mar 1975…). IDs of 6 or more characters with
+a digit also match inside a longer token (JC778899x), unless that would extend a number
+(778899 inside 17788990 is another number). Values that identify no one are reported (field and
+reason, never the value) rather than silently dropped, so the GateReport shows what was not
+checked. What `find` reports, `redact` removes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import json
 import os
 import re
@@ -16,7 +22,7 @@ import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 REDACTED = "[REDACTED]"
 FOLDER_FIELD = "ExamFolder"
@@ -28,7 +34,29 @@ HEADER_FIELDS = (
     "AccessionNumber",
 )
 _FIELD_ORDER = {f: i for i, f in enumerate((*HEADER_FIELDS, FOLDER_FIELD))}
+ID_FIELDS = ("PatientID", "OtherPatientIDs", "AccessionNumber")
 MIN_CHARS = 3
+MIN_INSIDE = 6  # an ID this long (with a digit) also matches inside a longer token
+MAX_NAME_TOKENS = 6  # name tokens combined into pairs and run-together forms
+VALUE, PART, FORM = "value", "part", "form"
+# English month names, as written in dates ("12 Mar 1975"); not the locale's
+_MONTHS = (
+    ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"),
+    (
+        "january",
+        "february",
+        "march",
+        "april",
+        "may",
+        "june",
+        "july",
+        "august",
+        "september",
+        "october",
+        "november",
+        "december",
+    ),
+)
 
 EMPTY = "empty"
 NO_ALNUM = "no letters or digits (placeholder)"
@@ -137,10 +165,22 @@ def tokenize(text: str) -> tuple[str, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class Identifier:
-    """A token sequence that identifies the patient; repr hides the tokens."""
+    """A token sequence that identifies the patient; repr hides the tokens.
+
+    `kind` is how it was derived: the value as written, a part of a name, or another written
+    form of a value (a pair of short name parts, parts run together, a date order, an ID's
+    tokens joined). Only `value` and `part` are listed in the GateReport; forms are counted.
+    """
 
     field: str
     tokens: tuple[str, ...] = dataclasses.field(repr=False)
+    kind: str = VALUE
+
+    @property
+    def name_word(self) -> bool:
+        """A single word of the patient's name (not the whole name): it may also be a word of
+        bidsapp's own text, where it says nothing about the patient."""
+        return self.field == "PatientName" and self.kind != VALUE and len(self.tokens) == 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,17 +242,39 @@ class Identifiers:
     def __init__(
         self, identifiers: Iterable[Identifier] = (), ignored: Iterable[Ignored] = ()
     ) -> None:
-        ids = {(i.field, i.tokens): i for i in identifiers if i.tokens}
+        ids: dict[tuple[str, tuple[str, ...]], Identifier] = {}
+        for ident in identifiers:
+            key = (ident.field, ident.tokens)
+            known = ids.get(key)
+            # a value as written outranks the same tokens as a part or form (never exempted)
+            if ident.tokens and (known is None or _KINDS[ident.kind] < _KINDS[known.kind]):
+                ids[key] = ident
         # longest sequences first so the order is stable and independent of header order
         self.identifiers: tuple[Identifier, ...] = tuple(
-            sorted(ids.values(), key=lambda i: (_field_key(i.field), -len(i.tokens), i.tokens))
+            sorted(
+                ids.values(),
+                key=lambda i: (_field_key(i.field), _KINDS[i.kind], -len(i.tokens), i.tokens),
+            )
         )
         self.ignored: tuple[Ignored, ...] = tuple(
             sorted(set(ignored), key=lambda i: (_field_key(i.field), i.reason))
         )
         self._index: dict[str, list[Identifier]] = {}
+        inside: dict[str, str] = {}
         for ident in self.identifiers:
             self._index.setdefault(ident.tokens[0], []).append(ident)
+            joined = ident.tokens[0]
+            if ident.field in ID_FIELDS and len(ident.tokens) == 1 and _inside_ok(joined):
+                inside.setdefault(joined, ident.field)
+        self._inside = inside
+        self._inside_min = min(map(len, inside), default=0)
+        self._inside_re = (
+            re.compile(
+                "|".join(_inside_pattern(i) for i in sorted(inside, key=lambda t: (-len(t), t)))
+            )
+            if inside
+            else None
+        )
 
     def __repr__(self) -> str:
         return f"Identifiers({len(self.identifiers)} identifiers, {len(self.ignored)} ignored)"
@@ -242,21 +304,41 @@ class Identifiers:
             for tokens, what in _candidates(field, raw):
                 reason = _why_not(tokens) if raw.strip() else EMPTY
                 if reason is None:
-                    found.append(Identifier(field, tokens))
+                    found.append(Identifier(field, tokens, PART if what else VALUE))
+                elif (
+                    reason == TOO_SHORT and field == "PatientName" and not what and len(tokens) > 1
+                ):
+                    found.append(Identifier(field, tokens))  # short parts together: a name
                 else:
                     ignored.append(Ignored(field, what + reason))
+            found += _forms(field, raw)
         return cls(found, ignored)
 
     def merge(self, other: Identifiers) -> Identifiers:
         """Union of both (e.g. several exams of one subject)."""
         return Identifiers(self.identifiers + other.identifiers, self.ignored + other.ignored)
 
+    def except_words(self, words: frozenset[str]) -> Identifiers:
+        """These identifiers less the single name words that are also in `words` (bidsapp's
+        own fixed text): for scanning text bidsapp generates, where such a word is its own."""
+        kept = [i for i in self.identifiers if not (i.name_word and i.tokens[0] in words)]
+        return Identifiers(kept, self.ignored)
+
+    def name_words_in(self, words: frozenset[str]) -> int:
+        """How many single name words are also in `words` (for the GateReport, no values)."""
+        return sum(i.name_word and i.tokens[0] in words for i in self.identifiers)
+
     def _matches(self, tokens: tuple[str, ...]) -> Iterator[tuple[int, int, str]]:
+        inside, shortest = self._inside_re, self._inside_min
         for i, tok in enumerate(tokens):
             for ident in self._index.get(tok, ()):
                 end = i + len(ident.tokens)
                 if tokens[i:end] == ident.tokens:
                     yield i, end, ident.field
+            if inside is not None and len(tok) > shortest:
+                match = inside.search(tok)
+                if match is not None:
+                    yield i, i + 1, self._inside[match.group()]
 
     def find(self, text: str) -> list[str]:
         """Field names of the identifiers occurring (as whole tokens) in text."""
@@ -286,26 +368,87 @@ class Identifiers:
         out.append(text[pos:])
         return "".join(out)
 
-    def to_json(self) -> dict[str, list[dict[str, str | int]]]:
+    def to_json(self) -> dict[str, Any]:
         """GateReport section: fields and token counts only, never values."""
+        forms: dict[str, int] = {}
+        for i in self.identifiers:
+            if i.kind == FORM:
+                forms[i.field] = forms.get(i.field, 0) + 1
         return {
             "identifiers": [
-                {"field": i.field, "count_of_tokens": len(i.tokens)} for i in self.identifiers
+                {"field": i.field, "count_of_tokens": len(i.tokens)}
+                for i in self.identifiers
+                if i.kind != FORM
             ],
+            "other_written_forms": forms,
             "not_treated_as_identifiers": [
                 {"field": i.field, "reason": i.reason} for i in self.ignored
             ],
         }
 
 
+_KINDS = {VALUE: 0, PART: 1, FORM: 2}
+
+
+def _inside_ok(token: str) -> bool:
+    return len(token) >= MIN_INSIDE and any(c.isdigit() for c in token)
+
+
+def _inside_pattern(token: str) -> str:
+    """The ID inside a longer token, but never as a piece of a longer number."""
+    before = r"(?<![0-9])" if token[0].isdigit() else ""
+    after = r"(?![0-9])" if token[-1].isdigit() else ""
+    return before + re.escape(token) + after
+
+
+def _forms(field: str, raw: str) -> list[Identifier]:
+    """Other ways people write this value (see the module docstring)."""
+    if field == "PatientName":
+        return [f for group in raw.split("=") for f in _name_forms(group)]
+    if field == "PatientBirthDate":
+        digits = _date_digits(tokenize(raw))
+        return [Identifier(field, t, FORM) for t in _date_forms(digits)] if digits else []
+    tokens = tokenize(raw)
+    if field in ID_FIELDS and len(tokens) > 1 and _why_not(tokens) is None:
+        return [Identifier(field, ("".join(tokens),), FORM)]  # JC-778899 written JC778899
+    return []
+
+
+def _name_forms(group: str) -> list[Identifier]:
+    """Short parts adjacent in either order, and parts run together (JoaoConceicao)."""
+    tokens = [t for t in dict.fromkeys(tokenize(group)) if _why_not((t,)) in (None, TOO_SHORT)]
+    tokens = tokens[:MAX_NAME_TOKENS]
+    if len(tokens) < 2:
+        return []
+    out = []
+    for a, b in itertools.permutations(tokens, 2):
+        if min(len(a), len(b)) < MIN_CHARS:
+            out.append(Identifier("PatientName", (a, b), FORM))
+        out.append(Identifier("PatientName", (a + b,), FORM))
+    # family^given^middle is written given [middle] family, or as in DICOM, run together
+    given_first = tokens[1:] + tokens[:1]
+    out += [Identifier("PatientName", ("".join(order),), FORM) for order in (tokens, given_first)]
+    return [f for f in out if len("".join(f.tokens)) >= MIN_CHARS]
+
+
+def _date_forms(digits: str) -> list[tuple[str, ...]]:
+    """A YYYYMMDD date in the orders and spellings dates are commonly written in."""
+    year, month, day = digits[:4], digits[4:6], digits[6:]
+    out: list[tuple[str, ...]] = [(digits,), (day + month + year,), (month + day + year,)]
+    for m, d in {(month, day), (str(int(month)), str(int(day)))}:
+        out += [(year, m, d), (d, m, year), (m, d, year)]
+    for names in _MONTHS:
+        name = names[int(month) - 1]
+        for d in {day, str(int(day))}:
+            out += [(d, name, year), (name, d, year), (year, name, d)]
+    return out
+
+
 def _candidates(field: str, raw: str) -> list[tuple[tuple[str, ...], str]]:
     """Token sequences to consider for one value, each with a prefix for its ignore reason."""
     tokens = tokenize(raw)
     if field != "PatientName" or not tokens:
-        out = [(tokens, "")]
-        if field == "PatientBirthDate" and (d := _date_digits(tokens)):
-            out += [((d,), ""), ((d[:4], d[4:6], d[6:]), "")]
-        return out
+        return [(tokens, "")]
     out = []
     for group in raw.split("="):  # PN groups: alphabetic=ideographic=phonetic
         whole = tokenize(group)

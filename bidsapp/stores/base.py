@@ -33,6 +33,9 @@ class Entry:
     key: str = ""
     ref: str = ""
     """How to address this item when its name is not unique ('id:<Drive id>'; '' on disk)."""
+    skipped: str = ""
+    """Why `walk` lists this item without reading it (a link or shortcut is never followed out
+    of the folder walked, nor is a FIFO or device read); '' for an ordinary file."""
 
 
 @runtime_checkable
@@ -46,7 +49,8 @@ class Store(Protocol):
         """The entries of one folder, sorted by name; LocationNotFound when it is missing."""
 
     def walk(self, path: str) -> Iterator[tuple[str, Entry]]:
-        """Every file below `path`, as (path relative to `path`, entry), in sorted order."""
+        """Every file below `path`, as (path relative to `path`, entry), in sorted order;
+        links, shortcuts and special files are listed with `skipped` set, never followed."""
 
     def exists(self, path: str) -> bool:
         """Whether a file or folder is there."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import dataclasses
 import errno
 import io
 import os
@@ -27,7 +28,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +43,7 @@ from bidsapp.errors import (
     TemporaryFailure,
     UsageError,
 )
+from bidsapp.settings import env_number
 from bidsapp.stores.base import Entry, Store, md5_of
 from bidsapp.stores.drive_api import (
     EMPTY_MD5,
@@ -63,6 +65,7 @@ if TYPE_CHECKING:
 DEFAULT_RPS = 10.0
 SHARED_DRIVES = "Shared drives"  # gdrive:/Shared drives/NAME/path, as Drive's web UI shows it
 CREATE_SHARE = 0.3  # file creation is throttled by Drive at a few per second: 3/s at the default
+NOT_FOLLOWED = "Drive shortcut (not followed)"
 _ESCAPE = re.compile(r"[%/\x00-\x1f\x7f]")
 _LOCK = re.compile(r"^(?P<name>.+)\.(?P<token>[0-9a-f]{32})\.lock$")
 
@@ -81,13 +84,13 @@ class DriveOptions:
     def from_settings(cls, settings: Settings | None) -> DriveOptions:
         env = os.environ.get
         creds = getattr(settings, "credentials", None) or env("BIDSAPP_CREDENTIALS") or None
-        rps = getattr(settings, "drive_rps", None) or float(env("BIDSAPP_DRIVE_RPS", DEFAULT_RPS))
+        rps = getattr(settings, "drive_rps", None) or env_number("DRIVE_RPS", DEFAULT_RPS)
         return cls(
             credentials=Path(creds) if creds else None,
             rps=float(rps),
             backoff=Backoff.parse(env("BIDSAPP_DRIVE_BACKOFF", "")),
-            workers=max(1, int(env("BIDSAPP_DRIVE_WORKERS", "16"))),
-            lock_stale=float(env("BIDSAPP_DRIVE_LOCK_STALE", "600")),
+            workers=max(1, int(env_number("DRIVE_WORKERS", 16))),
+            lock_stale=env_number("DRIVE_LOCK_STALE", 600),
         )
 
 
@@ -431,12 +434,21 @@ class DriveStore:
         return entries
 
     def _entries(
-        self, folder_id: str, path: str
+        self, folder_id: str, path: str, *, follow: bool = True
     ) -> builtins.list[tuple[str, Entry, dict[str, Any]]]:
-        """(store path, entry, metadata) of a folder's children; Google Docs are left out."""
+        """(store path, entry, metadata) of a folder's children; Google Docs are left out.
+
+        Without `follow`, a shortcut is an entry marked skipped: inside an exam folder it could
+        lead to another patient's files (and one to a file of the exam only repeats it).
+        """
         out = []
         skipped = 0
         for meta in self.client.children(folder_id, drive_id=self.drive_id):
+            if not follow and meta.get("mimeType") == SHORTCUT:
+                name = escape(str(meta["name"]))
+                shortcut = Entry(name, False, ref=f"id:{meta['id']}", skipped=NOT_FOLLOWED)
+                out.append((f"{path}/{name}" if path else name, shortcut, meta))
+                continue
             target = self._follow(meta)
             if target is None:
                 continue
@@ -465,7 +477,7 @@ class DriveStore:
         self, folder_id: str, path: str, rel: str, seen: set[str]
     ) -> Iterator[tuple[str, Entry]]:
         children: builtins.list[tuple[str, Entry, dict[str, Any]]] = sorted(
-            self._entries(folder_id, path), key=lambda c: (c[1].name, age(c[2]))
+            self._entries(folder_id, path, follow=False), key=lambda c: (c[1].name, age(c[2]))
         )
         taken: set[str] = set()
         folders: builtins.list[tuple[str, str, dict[str, Any]]] = []
@@ -478,9 +490,10 @@ class DriveStore:
             if entry.is_dir:
                 folders.append((full, name, meta))
                 continue
-            with self._lock:
-                self._files[full] = meta
-            yield (f"{rel}{name}", Entry(name, False, entry.size, entry.key, entry.ref))
+            if not entry.skipped:
+                with self._lock:
+                    self._files[full] = meta
+            yield (f"{rel}{name}", dataclasses.replace(entry, name=name))
         for full, name, meta in folders:
             if meta["id"] in seen:
                 self._warn_once("cycle", "a shortcut loops back into its own folder: skipped")
@@ -716,6 +729,7 @@ class DriveStore:
             target=self._heartbeat, args=(folder, mine_name, stop, stale / 4), daemon=True
         )
         beat.start()
+        told = ""
         try:
             while True:
                 live = [
@@ -736,8 +750,12 @@ class DriveStore:
                 live = [
                     m for m in live if m is me or _time(m["modifiedTime"]).timestamp() >= cutoff
                 ]
-                if min(live, key=age)["id"] == mine:
+                holder = min(live, key=age)
+                if holder["id"] == mine:
                     break
+                if holder["id"] != told:  # once per holder: say what is awaited, and how long
+                    told = holder["id"]
+                    _say_waiting(name, holder, me, stale)
                 stop.wait(min(5.0, max(0.2, stale / 20)))
             with self._lock:
                 self._dirs = {"": self.root_id}  # others may have moved things meanwhile
@@ -778,6 +796,20 @@ class DriveStore:
                 found = self.client.children(folder, drive_id=self.drive_id, name=name)
                 if found:
                     self._touch(folder, name, str(found[0]["id"]))
+
+
+def _say_waiting(name: str, holder: dict[str, Any], me: dict[str, Any], stale: float) -> None:
+    """Another job holds the lock: until when this job may wait, on this machine's clock (the
+    holder's lock goes stale `stale` seconds after its last refresh, as Drive's clock says)."""
+    left = _time(holder["modifiedTime"]).timestamp() + stale - _time(me["modifiedTime"]).timestamp()
+    until = datetime.now() + timedelta(seconds=max(left, 0.0))
+    logger.warning(
+        "waiting for the lock on {} held by another job (.bidsapp/locks/{}): until it is "
+        "released, or at the latest {} if that job is gone and its lock goes stale",
+        name,
+        holder.get("name", "?"),
+        until.strftime("%H:%M:%S"),
+    )
 
 
 _CHECK: Store = DriveStore.__new__(DriveStore)  # mypy proves DriveStore implements Store

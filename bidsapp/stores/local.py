@@ -8,6 +8,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import stat
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -82,7 +83,10 @@ class LocalStore:
             raise LocationNotFound(f"{path or '.'} is not a folder in {self.root}")
         entries = []
         for child in sorted(folder.iterdir(), key=lambda p: p.name):
-            st = child.stat()
+            try:
+                st = child.stat()
+            except OSError:  # a broken link: listed as the file it claims to be, never read
+                st = child.lstat()
             is_dir = child.is_dir()
             key = "" if is_dir else f"{st.st_size}:{st.st_mtime_ns}"
             entries.append(Entry(child.name, is_dir, 0 if is_dir else st.st_size, key))
@@ -92,13 +96,15 @@ class LocalStore:
         base = self._path(path)
         if not base.is_dir():
             raise LocationNotFound(f"{path or '.'} is not a folder in {self.root}")
-        for dirpath, dirnames, filenames in os.walk(base):
+        inside = base.resolve()
+        for dirpath, dirnames, filenames in os.walk(base):  # never descends into linked folders
             dirnames.sort()
-            for name in sorted(filenames):
-                full = Path(dirpath, name)
-                st = full.stat()
+            here = Path(dirpath)
+            linked = [name for name in dirnames if (here / name).is_symlink()]
+            for name in sorted([*filenames, *linked]):
+                full = here / name
                 rel = full.relative_to(base).as_posix()
-                yield rel, Entry(name, False, st.st_size, f"{st.st_size}:{st.st_mtime_ns}")
+                yield rel, _entry(full, inside)
 
     def exists(self, path: str) -> bool:
         return self._path(path).exists()
@@ -111,8 +117,11 @@ class LocalStore:
         with _writing(target):
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
+            try:
+                tmp.write_bytes(data)
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)  # after a failed write (a full disk): no leftover
 
     def download(self, path: str, dest: Path) -> str:
         """A reflink or hard link where the file system allows (no bytes read: the md5 is '');
@@ -190,6 +199,23 @@ class LocalStore:
             fh.close()
 
 
+def _entry(full: Path, inside: Path) -> Entry:
+    """A walked file's entry; a link is listed, not followed (it could reach another patient's
+    exam or a system file), and neither is a FIFO, socket or device read."""
+    st = full.lstat()
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            target = full.resolve(strict=True)
+        except (OSError, RuntimeError):  # dangling, or a loop
+            return Entry(full.name, False, skipped="broken symbolic link")
+        if not target.is_relative_to(inside):
+            return Entry(full.name, False, skipped="symbolic link to outside the exam folder")
+        return Entry(full.name, False, skipped="symbolic link (its target is staged itself)")
+    if not stat.S_ISREG(st.st_mode):
+        return Entry(full.name, False, skipped="not a regular file (FIFO, socket or device)")
+    return Entry(full.name, False, st.st_size, f"{st.st_size}:{st.st_mtime_ns}")
+
+
 @contextmanager
 def _writing(target: Path) -> Iterator[None]:
     """Turn OS errors while writing OUTPUT into the documented exit codes."""
@@ -201,7 +227,10 @@ def _writing(target: Path) -> Iterator[None]:
         if exc.errno in (errno.EROFS, errno.EACCES):
             raise OutputNotWritable(f"cannot write {target}: {exc.strerror}") from exc
         if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
-            raise LocalIOError(f"cannot write {target}: {exc.strerror}") from exc
+            raise LocalIOError(
+                f"cannot write {target}: {exc.strerror}",
+                hint="free space on OUTPUT's disk, then rerun: the rerun finishes or redoes it",
+            ) from exc
         raise
 
 
