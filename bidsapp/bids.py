@@ -99,6 +99,11 @@ class SubjectSession:
         return self.prefix
 
     @property
+    def subject(self) -> SubjectSession:
+        """The whole subject (its lock, its `sub-<label>` folder), whatever the session."""
+        return SubjectSession(self.label)
+
+    @property
     def tag(self) -> str:
         """`01` or `01-2`: the job in bookkeeping names (no `_`, so run ids stay apart)."""
         return self.label + (f"-{self.session}" if self.session else "")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shlex
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
@@ -102,6 +105,24 @@ def _epilog() -> str:
     return f"exit codes:\n{codes}\n\nhelper commands: bidsapp {{{helpers}}} --help"
 
 
+def _labels_option(group: Any, help_text: str) -> None:
+    """`--participant-label L …` (and the BIDS-Apps spelling with '_'), into `labels`."""
+    group.add_argument(
+        "--participant-label",
+        "--participant_label",
+        dest="labels",
+        nargs="+",
+        type=_label,
+        default=[],
+        metavar="LABEL",
+        help=help_text,
+    )
+
+
+def _drive_rps_option(group: Any, help_text: str) -> None:
+    group.add_argument("--drive-rps", type=_positive(float), metavar="R", help=help_text)
+
+
 def bids_app_parser() -> Parser:
     parser = Parser(
         prog="bidsapp",
@@ -114,16 +135,7 @@ def bids_app_parser() -> Parser:
     parser.add_argument("analysis_level", help="'participant' or 'group'")
     parser.add_argument("--version", action="version", version=f"bidsapp {__version__}")
     sel = parser.add_argument_group("subjects")
-    sel.add_argument(
-        "--participant-label",
-        "--participant_label",
-        dest="labels",
-        nargs="+",
-        type=_label,
-        default=[],
-        metavar="LABEL",
-        help="labels with or without 'sub-' (default: every subject)",
-    )
+    _labels_option(sel, "labels with or without 'sub-' (default: every subject)")
     sel.add_argument(
         "--session-label",
         "--session_label",
@@ -207,11 +219,9 @@ def bids_app_parser() -> Parser:
         metavar="N",
         help="run up to N subjects (or sessions) at once, each in its own process",
     )
-    scale.add_argument(
-        "--drive-rps",
-        type=_positive(float),
-        metavar="R",
-        help="Drive requests per second for this run, split between its jobs "
+    _drive_rps_option(
+        scale,
+        "Drive requests per second for this run, split between its jobs "
         "(default: BIDSAPP_DRIVE_RPS or 10)",
     )
     scale.add_argument(
@@ -233,6 +243,24 @@ def bids_app_parser() -> Parser:
     )
     grp = parser.add_argument_group("group level")
     grp.add_argument("--init", action="store_true", help="create the shared folders only")
+    grp.add_argument("--dataset-name", metavar="NAME", help="the dataset's Name")
+    grp.add_argument(
+        "--author",
+        dest="authors",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="one of the dataset's Authors (repeat for each, in order)",
+    )
+    grp.add_argument("--license", metavar="ID", help="the dataset's License, e.g. CC0 or PDDL")
+    grp.add_argument(
+        "--dataset-description",
+        type=_file,
+        metavar="JSON",
+        help="dataset_description.json fields to start a new dataset with (Name, Authors, "
+        "License, Acknowledgements, Funding, ...); the flags above win over it, and fields "
+        "already in OUTPUT's dataset_description.json are never replaced",
+    )
     out = parser.add_argument_group("logging")
     out.add_argument(
         "--log-level",
@@ -265,7 +293,19 @@ def run_bids_app(argv: Sequence[str]) -> int:
 
         deface_template(args.deface_cmd)  # checked before any work, not after conversion
     labels, sessions = tuple(dict.fromkeys(args.labels)), tuple(dict.fromkeys(args.sessions))
-    if args.task_list is not None or args.task_index is not None:
+    if args.analysis_level == "group":
+        if args.task_index is not None:
+            raise UsageError(
+                "--task-index belongs to the participant level",
+                hint="the group level takes --task-list alone: the batch's jobs to account for",
+            )
+        if args.task_list is not None:
+            from bidsapp.batch.slurm import read_tasks
+
+            tasks = read_tasks(args.task_list)  # a bad list is a usage error before any work
+            kwargs["expected"] = tuple((t.label, t.session) for t in tasks)
+        kwargs["dataset_fields"] = _dataset_fields(args)
+    elif args.task_list is not None or args.task_index is not None:
         from bidsapp.batch.slurm import read_task
 
         if args.task_list is None or args.task_index is None:
@@ -308,6 +348,32 @@ def run_bids_app(argv: Sequence[str]) -> int:
     return run_participant_level(settings)
 
 
+def _dataset_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """dataset_description.json fields from --dataset-description, then the flags."""
+    fields: dict[str, Any] = {}
+    if args.dataset_description is not None:
+        try:
+            fields = json.loads(args.dataset_description.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UsageError(
+                f"--dataset-description {args.dataset_description} is not readable JSON: {exc}"
+            ) from None
+        if not isinstance(fields, dict):
+            raise UsageError(
+                f"--dataset-description {args.dataset_description} is not a JSON object",
+                hint='write e.g. {"Name": "...", "Authors": ["..."], "License": "CC0"}',
+            )
+        for key in ("BIDSVersion", "DatasetType", "GeneratedBy"):
+            fields.pop(key, None)  # bidsapp's to write
+    if args.dataset_name:
+        fields["Name"] = args.dataset_name
+    if args.authors:
+        fields["Authors"] = list(args.authors)
+    if args.license:
+        fields["License"] = args.license
+    return fields
+
+
 def _credentials_settings(source: str, output: str, credentials: Path | None) -> Settings | None:
     """Settings for a helper command that only opens a store (None: the defaults serve)."""
     if credentials is None:
@@ -346,8 +412,21 @@ def cmd_status(argv: Sequence[str]) -> int:
     parser.add_argument("--credentials", type=_file, metavar="JSON", help="for a Drive OUTPUT")
     args = parser.parse_args(argv)
     settings = _credentials_settings("", args.output, args.credentials)
-    store = open_store(args.output, settings=settings)
-    return print_status(store, args.subject_map, as_json=args.json, deep=args.verify)
+    store = open_store(args.output, role="OUTPUT", settings=settings)
+    with _reader_may_leave():
+        return print_status(store, args.subject_map, as_json=args.json, deep=args.verify)
+    return 0  # the reader closed the pipe (`bidsapp status --json | head`)
+
+
+@contextmanager
+def _reader_may_leave() -> Iterator[None]:
+    """A reader may stop reading early (`… | head`): printing then ends quietly, without a
+    BrokenPipeError, and Python's own flush at exit finds nothing to complain about."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 # Settings the scripts give every task themselves (by dest): options after '--' may not change
@@ -394,12 +473,7 @@ def cmd_slurm(argv: Sequence[str]) -> int:
     parser.add_argument("--time", default="", help="per task, e.g. 02:00:00")
     parser.add_argument("--mem", default="", help="per task, e.g. 8G")
     parser.add_argument("--cpus", type=_positive(int), default=1, help="per task")
-    parser.add_argument(
-        "--drive-rps",
-        type=_positive(float),
-        metavar="R",
-        help="Drive budget for the whole array; each task gets R / array limit",
-    )
+    _drive_rps_option(parser, "Drive budget for the whole array; each task gets R / array limit")
     parser.add_argument("--credentials", type=_file, metavar="JSON", help="by file path only")
     parser.add_argument(
         "--bidsapp-cmd",
@@ -499,22 +573,65 @@ def cmd_inspect(argv: Sequence[str]) -> int:
     parser.add_argument("--overrides", type=Path, metavar="FILE")
     parser.add_argument("--format", choices=("table", "tsv", "json"), default="table")
     parser.add_argument("-w", "--work-dir", type=Path, help="where the exam is staged (0700)")
+    parser.add_argument("--credentials", type=_file, metavar="JSON", help="for a Drive SOURCE")
     args = parser.parse_args(argv)
-    return run_inspect(
-        args.source,
-        args.participant_label,
-        subject_map=args.subject_map,
-        heuristic_spec=args.heuristic,
-        overrides=args.overrides,
-        fmt=args.format,
-        work_dir=args.work_dir,
+    with _reader_may_leave():
+        return run_inspect(
+            args.source,
+            args.participant_label,
+            subject_map=args.subject_map,
+            heuristic_spec=args.heuristic,
+            overrides=args.overrides,
+            fmt=args.format,
+            work_dir=args.work_dir,
+            settings=_credentials_settings(args.source, "", args.credentials),
+        )
+    return 0  # the reader closed the pipe (`bidsapp inspect … | head`)
+
+
+def cmd_pull(argv: Sequence[str]) -> int:
+    """Copy a published dataset (or some subjects, or only the reports) into a local folder,
+    every file verified by md5; a rerun fetches only what changed."""
+    from bidsapp.pipeline.pull import pull
+    from bidsapp.stores import open_store
+
+    parser = Parser(prog="bidsapp pull", description=cmd_pull.__doc__)
+    parser.add_argument("output", help="the published dataset (gdrive:… or a folder)")
+    parser.add_argument("dest", type=Path, help="the local folder to mirror it into")
+    _labels_option(parser, "only these subjects (and the dataset-level files)")
+    parser.add_argument(
+        "--only-reports",
+        action="store_true",
+        help="only derivatives/bidsapp (reports, gate verdicts, manifests, logs) and the "
+        "failed jobs' gate reports",
     )
+    parser.add_argument("--credentials", type=_file, metavar="JSON", help="for a Drive OUTPUT")
+    _drive_rps_option(parser, "Drive requests per second (default: BIDSAPP_DRIVE_RPS or 10)")
+    args = parser.parse_args(argv)
+    kwargs: dict[str, Any] = {"credentials": args.credentials} if args.credentials else {}
+    if args.drive_rps is not None:
+        kwargs["drive_rps"] = args.drive_rps
+    settings = Settings(source="", output=args.output, level="", **kwargs)
+    store = open_store(args.output, role="OUTPUT", settings=settings)
+    done = pull(store, args.dest, labels=args.labels, only_reports=args.only_reports)
+    print(
+        f"{args.dest}: {done.fetched} files fetched ({done.fetched_bytes / 1e6:.1f} MB), "
+        f"{done.unchanged} already there, {len(done.removed)} removed"
+    )
+    if done.kept:
+        logger.warning(
+            "{} files OUTPUT no longer has were changed in DEST and kept: {}",
+            len(done.kept),
+            ", ".join(done.kept[:5]) + (" …" if len(done.kept) > 5 else ""),
+        )
+    return 0
 
 
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "subjects": cmd_subjects,
     "inspect": cmd_inspect,
     "status": cmd_status,
+    "pull": cmd_pull,
     "slurm": cmd_slurm,
     "auth": cmd_auth,
 }

@@ -49,6 +49,22 @@ class NoSubjectSelected(BidsAppError, LookupError):
     hint = "run 'bidsapp subjects SOURCE --subject-map MAP' to list the labels"
 
 
+class NothingPublished(NoSubjectSelected):
+    """`group` on an OUTPUT where no subject is published: it writes nothing."""
+
+    hint = "run the participant level first; 'bidsapp status OUTPUT' shows how each job ended"
+
+
+class JobsUnfinished(BidsAppError):
+    """`group` found jobs of its batch failed or never finished: the first failure's code."""
+
+    hint = "see 'bidsapp status OUTPUT'; 'bidsapp slurm resubmit' reruns exactly those"
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class UsageError(BidsAppError, ValueError):
     exit_code = 64
     hint = "see 'bidsapp --help'"
@@ -63,6 +79,8 @@ class BadInputData(BidsAppError, ValueError):
 class LocationNotFound(BidsAppError, FileNotFoundError):
     exit_code = 66
     hint = "check the path (on Drive: that it exists and is shared with the identity in use)"
+    creatable = False
+    """An OUTPUT that does not exist but whose parent folder does: a writing run creates it."""
 
 
 class OutputNotWritable(BidsAppError, PermissionError):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 import sys
 import threading
 from pathlib import Path
@@ -48,6 +50,36 @@ class Redactor:
 
 
 redactor = Redactor()
+
+_ABSOLUTE = re.compile(r"(?<![\w.~$-])/(?:[^\s\"'/\\,;:()\[\]{}<>]+/)*[^\s\"'/\\,;:()\[\]{}<>]*")
+
+
+class LocalPaths:
+    """Takes this machine's absolute paths out of text that leaves it (a published log):
+    they name users, home folders, where a key or the date secret lives. The given roots
+    (SOURCE, OUTPUT, the work dir) become their names; any other path whose top folder
+    exists here keeps only its last component. Dataset paths ('/sub-01/anat/…', as the
+    validator writes them) and URLs are left as they are."""
+
+    def __init__(self, named: dict[str, str]) -> None:
+        roots = [(path.rstrip("/"), name) for path, name in named.items()]
+        self._named = sorted(
+            ((path, name) for path, name in roots if path.startswith("/") and path),
+            key=lambda item: -len(item[0]),
+        )
+
+    def __call__(self, text: str) -> str:
+        for path, name in self._named:
+            text = text.replace(path, name)
+        return _ABSOLUTE.sub(_last_component, text)
+
+
+def _last_component(match: re.Match[str]) -> str:
+    path = match.group(0)
+    top = path.split("/")[1]
+    if not top or not os.path.isdir(f"/{top}"):
+        return path
+    return ".../" + path.rsplit("/", 1)[-1]
 
 
 def _patch(record: Record) -> None:

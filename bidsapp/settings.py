@@ -109,6 +109,12 @@ class Settings:
     # -- group
     init_only: bool = False
     """group --init: create the shared folders only."""
+    expected: tuple[tuple[str, str], ...] | None = None
+    """group: the (label, session) jobs to account for (a SLURM batch's task list), so the
+    group names any that failed or never ran."""
+    dataset_fields: dict[str, Any] = field(default_factory=dict)
+    """group: dataset_description.json fields (Name, Authors, License, ...) for a new dataset;
+    fields a curator already set are left alone."""
 
     # -- logging
     log_level: str = field(default_factory=lambda: env("LOG_LEVEL", "INFO"))

@@ -84,18 +84,26 @@ def bidsapp(work_dir: Path) -> RunCli:
     return run
 
 
-def run_bidsapp(*args: str | Path, work: Path) -> subprocess.CompletedProcess[str]:
-    """`bidsapp ARGS --work-dir WORK` in a subprocess, outside any fixture (module-scoped runs)."""
-    env = {
+def run_bidsapp(
+    *args: str | Path,
+    work: Path,
+    env: dict[str, str] | None = None,
+    work_flag: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """`bidsapp ARGS --work-dir WORK` in a subprocess, outside any fixture (module-scoped runs);
+    `work_flag=False` for helper commands, which take no --work-dir."""
+    full_env = {
         **os.environ,
         "BIDSAPP_LOG_LEVEL": "INFO",
         "BIDSAPP_DATE_SECRET": str(work.parent / "date-shift.secret"),
+        **(env or {}),
     }
     return subprocess.run(
-        [sys.executable, "-m", "bidsapp.cli", *map(str, args), "--work-dir", str(work)],
+        [sys.executable, "-m", "bidsapp.cli", *map(str, args)]
+        + (["--work-dir", str(work)] if work_flag else []),
         capture_output=True,
         text=True,
-        env=env,
+        env=full_env,
         timeout=900,
         check=False,
     )

@@ -165,6 +165,17 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
             parts.append(f"--- {log.name}\n" + "\n".join(lines))
         return "\n".join(parts)
 
+    def squeue(self) -> list[str]:
+        """Every job id still pending or running."""
+        queue = subprocess.run(
+            ["squeue", "--noheader", "--format=%i"],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            check=True,
+        )
+        return queue.stdout.split()
+
     def wait_jobs(self, job_ids: list[str], timeout: float = 300) -> dict[str, list[str]]:
         """Wait until every job (and array task) has left the queue; id → each task's state."""
         deadline = time.monotonic() + timeout

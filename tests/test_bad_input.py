@@ -33,7 +33,7 @@ PATIENT = Patient(
 PHI = ("Zyxwvut", "Qqqq", "QX7731Z", "19620817", "1962-08-17", "ACC99172")
 NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
 T1W = "sub-01/anat/sub-01_T1w.nii.gz"
-MANIFEST = "derivatives/bidsapp/sub-01/log/manifest.json"
+MANIFEST = "derivatives/bidsapp/sub-01/.log/manifest.json"
 
 
 def output_text(result: subprocess.CompletedProcess[str]) -> str:
@@ -172,7 +172,7 @@ def test_corrupt_files_are_skipped(bidsapp: RunCli, make_exam: MakeExam, tmp_pat
     assert_published_t1w(result, out)
     assert_no_phi(result)
     assert nib.load(out / T1W).shape == (48, 48, 32)
-    gate = json.loads((out / "derivatives/bidsapp/sub-01/log/gate.json").read_text())
+    gate = json.loads((out / "derivatives/bidsapp/sub-01/.log/gate.json").read_text())
     reasons = {item["file"]: item["reason"] for item in gate["skipped_files"]}
     assert sorted(reasons) == ["garbage.dcm", "half.dcm", "readme.txt"], reasons
     assert "corrupt" in reasons["garbage.dcm"]
@@ -192,7 +192,7 @@ def test_corrupt_header_element_is_skipped(
     (exam / "garbled.dcm").write_bytes(good.replace(series_time, series_time[:5] + b"\x89", 1))
     out = tmp_path / "out"
     assert_published_t1w(bidsapp(tmp_path / "source", out, "participant"), out)
-    gate = json.loads((out / "derivatives/bidsapp/sub-01/log/gate.json").read_text())
+    gate = json.loads((out / "derivatives/bidsapp/sub-01/.log/gate.json").read_text())
     reasons = {item["file"]: item["reason"] for item in gate["skipped_files"]}
     assert "corrupt" in reasons.get("garbled.dcm", ""), reasons
 
@@ -406,7 +406,7 @@ def test_t2_odd_files_in_an_exam_are_listed_and_the_rest_publishes(
     result = bidsapp(tmp_path / "source", out, "participant")
 
     assert_published_t1w(result, out)
-    gate = json.loads((out / "derivatives/bidsapp/sub-01/log/gate.json").read_text())
+    gate = json.loads((out / "derivatives/bidsapp/sub-01/.log/gate.json").read_text())
     assert sorted(gate["skipped_files"], key=lambda s: s["file"]) == [
         {"file": "dangling.dcm", "reason": "broken symbolic link"},
         {"file": "notas_Jo\\xe3o.txt", "reason": "not DICOM"},

@@ -44,7 +44,7 @@ def test_a_series_heudiconv_fails_on_is_converted_by_dcm2niix_and_the_rest_by_he
         f"{S}/anat/{S}_T1w.nii.gz",
         f"{S}/{S}_scans.tsv",
     ]
-    gate = json.loads((output / f"derivatives/bidsapp/{S}/log/gate.json").read_text())
+    gate = json.loads((output / f"derivatives/bidsapp/{S}/.log/gate.json").read_text())
     notes = {row["series_id"]: row["note"] for row in gate["series"]}
     assert notes == {
         "1-t1_mprage": "",
@@ -88,7 +88,7 @@ def test_a_series_failing_validation_is_set_aside_and_the_rest_published(
     data = [f for f in published_files(output) if f.startswith(f"{S}/")]
     assert data == [f"{S}/anat/{S}_T1w.json", f"{S}/anat/{S}_T1w.nii.gz", f"{S}/{S}_scans.tsv"]
     assert "func/" not in (output / S / f"{S}_scans.tsv").read_text()
-    gate = json.loads((output / f"derivatives/bidsapp/{S}/log/gate.json").read_text())
+    gate = json.loads((output / f"derivatives/bidsapp/{S}/.log/gate.json").read_text())
     assert gate["passed"] is True and gate["validator"]["errors"] == 0
     assert gate["set_aside"] == [
         {

@@ -111,7 +111,7 @@ def test_adversarial_exam_publishes_clean(
     sidecar = json.loads((output / "sub-01/anat/sub-01_T1w.json").read_text())
     removed = {r.field for r in profile("basic") if r.action == "remove" and "*" not in r.field}
     assert removed.isdisjoint(sidecar)
-    gate = json.loads((output / "derivatives/bidsapp/sub-01/log/gate.json").read_text())
+    gate = json.loads((output / "derivatives/bidsapp/sub-01/.log/gate.json").read_text())
     assert gate["deid"]["blanked"], "free-text fields holding the name were blanked"
     assert exam.is_dir() and any(exam.iterdir()), "the source is untouched"
 
@@ -206,10 +206,10 @@ def test_a_name_word_that_is_also_a_word_of_bidsapp_s_own_text(
     assert copied
     words = Identifiers([Identifier("PatientName", ("dcm2niix",))])
     assert scan_tree(out / "sub-01", words) == []  # sidecars, TSVs, NIfTI headers, names
-    gate = json.loads((out / "derivatives/bidsapp/sub-01/log/gate.json").read_text())
+    gate = json.loads((out / "derivatives/bidsapp/sub-01/.log/gate.json").read_text())
     descriptions = [s.get("description", "") for s in gate["series"]]
     assert descriptions and not any("dcm2niix" in d.lower() for d in descriptions)
-    report = (out / "derivatives/bidsapp/sub-01/log/report.html").read_text()
+    report = (out / "derivatives/bidsapp/sub-01/.log/report.html").read_text()
     assert "T1 mprage" not in report or "T1 mprage dcm2niix" not in report
     assert re.search(r"<td>dcm2niix</td>", report), "the versions table names dcm2niix"
     whole = Identifiers.collect([{"PatientName": patient.name, "PatientID": "QZ5521"}], None)
@@ -253,7 +253,7 @@ def test_p1_deid_none_still_defaces_and_the_manifest_says_what_was_done(
     assert result.returncode == 0, result.stderr
     t1w = out / "sub-01/anat/sub-01_T1w.nii.gz"
     assert gzip.decompress(t1w.read_bytes())[-40:] == bytes(40), "the T1w was defaced"
-    log = out / "derivatives/bidsapp/sub-01/log"
+    log = out / "derivatives/bidsapp/sub-01/.log"
     manifest = json.loads((log / "manifest.json").read_text())
     assert manifest["options"] == {
         "participant_fields": [],

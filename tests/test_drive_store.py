@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -116,9 +117,9 @@ def check_published(emu: Emulator, out_id: str, files: dict[str, bytes]) -> None
     tree = emu.tree(study)  # raises when two files share a path
     data = {p: c for p, c in tree.items() if p.startswith("sub-01/")}
     assert sorted(md5(c) for c in data.values()) == sorted(md5(c) for c in files.values())
-    manifest = json.loads(tree["derivatives/bidsapp/sub-01/log/manifest.json"])
+    manifest = json.loads(tree["derivatives/bidsapp/sub-01/.log/manifest.json"])
     assert {f["path"] for f in manifest["files"]} == set(data) | {
-        "derivatives/bidsapp/sub-01/log/gate.json"
+        "derivatives/bidsapp/sub-01/.log/gate.json"
     }
     assert not [p for p in tree if p.startswith((".bidsapp/incoming/", ".bidsapp/replaced/"))]
     assert_no_duplicate_names(emu, study)
@@ -275,14 +276,18 @@ def test_unshared_source_names_both_causes_and_the_identity(emu: Emulator) -> No
     assert "not shared" in str(info.value) and SA in str(info.value)
 
 
-def test_service_account_cannot_publish_into_my_drive(emu: Emulator, tmp_path: Path) -> None:
+def test_service_account_aimed_at_my_drive_is_told_before_any_work(emu: Emulator) -> None:
+    """Google gives service accounts no storage: every upload into a My Drive would fail with
+    storageQuotaExceeded after the conversion; opening OUTPUT says so first, and makes nothing."""
     folder = emu.folder("bids", parent=emu.my_drive(LAB), owner=LAB)
     emu.share(folder, SA, role="writer")
-    store = open_store(f"gdrive://{folder}", for_output=True)
-    (tmp_path / "f").write_bytes(b"data")
     with pytest.raises(OutputNotWritable) as info:
-        store.upload(tmp_path / "f", "sub-01/f")
-    assert "storageQuotaExceeded" in str(info.value) and "shared drive" in info.value.hint
+        open_store(f"gdrive://{folder}", for_output=True)
+    assert info.value.exit_code == 73
+    assert "My Drive" in str(info.value) and "shared drive" in info.value.hint
+    assert emu.listing(folder) == []
+    # reading from a My Drive is what a service account can do: SOURCE opens
+    assert open_store(f"gdrive://{folder}").list("") == []
 
 
 def test_revoked_user_token_is_77_with_the_testing_mode_hint(
@@ -296,6 +301,27 @@ def test_revoked_user_token_is_77_with_the_testing_mode_hint(
     with pytest.raises(CredentialsError) as info:
         open_store(f"gdrive://{folder}")
     assert info.value.exit_code == 77 and "Testing" in info.value.hint
+
+
+def test_read_only_token_aimed_at_output_is_one_sentence(
+    emu: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`auth login --readonly`, then a run that publishes: Google refuses the write scope with
+    invalid_scope, and the user reads what to do, not google-auth's (message, response) tuple."""
+    out = emu.shared_drive("BIDS", members={LAB: "organizer"})
+    token = emu.user_token(
+        email=LAB,
+        dest=tmp_path / "token.json",
+        scopes=("https://www.googleapis.com/auth/drive.readonly",),
+    )
+    monkeypatch.setenv("BIDSAPP_CREDENTIALS", str(token))
+    assert open_store(f"gdrive://{out}").list("") == []  # reading is what it was granted
+    with pytest.raises(CredentialsError) as info:
+        open_store(f"gdrive://{out}", for_output=True)
+    line = info.value.one_line()
+    assert info.value.exit_code == 77 and "\n" not in line
+    assert "was not granted full Drive access" in line and "--readonly" in line
+    assert not re.search(r"[({]'", line), line  # no printed Python tuple or dict
 
 
 def test_six_jobs_publish_into_one_dataset_at_once(emu: Emulator, tmp_path: Path) -> None:
@@ -331,7 +357,7 @@ def test_six_jobs_publish_into_one_dataset_at_once(emu: Emulator, tmp_path: Path
     tree = emu.tree(study)
     for n in range(1, 7):
         assert tree[f"sub-0{n}/anat/sub-0{n}_T1w.nii.gz"] == f"image {n}".encode()
-        assert f"derivatives/bidsapp/sub-0{n}/log/manifest.json" in tree
+        assert f"derivatives/bidsapp/sub-0{n}/.log/manifest.json" in tree
 
 
 def test_lock_excludes_and_a_stale_lock_is_taken_over(
@@ -439,6 +465,10 @@ def test_shared_drives_are_addressed_by_name(emu: Emulator) -> None:
     for _ in range(2):
         emu.shared_drive("BIDS", members={SA: "fileOrganizer"})
     emu.shared_drive("Other", members={LAB: "organizer"})  # not visible to the service account
+    with pytest.raises(LocationNotFound, match="Lab Data/study/bids was not found") as typo:
+        open_store("gdrive:/Shared drives/Lab Data/study/bids", for_output=True)
+    assert "last folder only" in typo.value.hint and emu.listing(lab) == []
+    emu.folder("study", parent=lab)
     store = open_store("gdrive:/Shared drives/Lab Data/study/bids", for_output=True)
     store.write_bytes("sub-01/x.txt", b"1")
     assert emu.tree(lab) == {"study/bids/sub-01/x.txt": b"1"}

@@ -23,9 +23,10 @@ import numpy as np
 import pytest
 from loguru import logger
 
-from bidsapp.errors import ValidationFailed
+from bidsapp.errors import JobsUnfinished, NothingPublished, ValidationFailed
 from bidsapp.pipeline.group import BIDSIGNORE_LINES, run_group
 from bidsapp.pipeline.publish import SHARED_FOLDERS, Target, publish, published_manifest
+from bidsapp.pipeline.status import StatusRecord
 from bidsapp.settings import Settings
 from bidsapp.stores.local import LocalStore
 from bidsapp.tools import which
@@ -213,7 +214,7 @@ def test_participant_fields_fill_but_never_overwrite(curated: Curated) -> None:
 
 
 def test_participant_fields_for_a_subject_published_by_session(curated: Curated) -> None:
-    """A session job writes derivatives/bidsapp/sub-03/ses-1/log/demographics.json."""
+    """A session job writes derivatives/bidsapp/sub-03/ses-1/.log/demographics.json."""
     _, rows = _tsv(curated.out / "participants.tsv")
     by_id = {r["participant_id"]: r for r in rows}
     assert by_id["sub-03"]["age"] == "61"
@@ -279,7 +280,7 @@ def test_derivative_description(curated: Curated) -> None:
 
 
 def _index_links(out: Path) -> dict[str, str]:
-    html = (out / "derivatives" / "bidsapp" / "log" / "index.html").read_text()
+    html = (out / "derivatives" / "bidsapp" / ".log" / "index.html").read_text()
     return {
         unescape(href): unescape(text)
         for href, text in re.findall(r'<a href="([^"]*)">([^<]*)</a>', html)
@@ -288,19 +289,19 @@ def _index_links(out: Path) -> dict[str, str]:
 
 def test_index_links_every_published_report(curated: Curated) -> None:
     links = _index_links(curated.out)
-    index_dir = curated.out / "derivatives" / "bidsapp" / "log"
+    index_dir = curated.out / "derivatives" / "bidsapp" / ".log"
     for target in curated.targets:
-        href = f"../{target.data}/log/report.html"
+        href = f"../{target.data}/.log/report.html"
         assert href in links, target
         assert (index_dir / href).is_file()
-    assert links["../sub-01/log/report.html"] == "sub-01"
-    assert links["../sub-03/ses-1/log/report.html"] == "sub-03 ses-1"
-    assert links["../sub-03/ses-2/log/report.html"] == "sub-03 ses-2"
+    assert links["../sub-01/.log/report.html"] == "sub-01"
+    assert links["../sub-03/ses-1/.log/report.html"] == "sub-03 ses-1"
+    assert links["../sub-03/ses-2/.log/report.html"] == "sub-03 ses-2"
 
 
 def test_index_names_a_subject_whose_gate_report_does_not(curated: Curated) -> None:
     """The index row's label comes from the published target, not only from gate.json."""
-    assert _index_links(curated.out)["../sub-02/log/report.html"] == "sub-02"
+    assert _index_links(curated.out)["../sub-02/.log/report.html"] == "sub-02"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,3 +412,100 @@ def test_d2_crlf_and_a_repeated_identical_row_merge_exactly(tmp_path: Path) -> N
     _, rows = _tsv(out / "participants.tsv")
     assert rows == [{"participant_id": "sub-01", "group": "patient"}]
     assert not (out / ".bidsapp/invalid/participants.tsv").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# what group says about the jobs, and the dataset's own fields
+
+
+def test_nothing_published_writes_nothing_and_says_so(tmp_path: Path) -> None:
+    """A batch whose every task failed: group must not 'succeed' on zero subjects, nor create
+    a dataset (not even OUTPUT itself)."""
+    missing = tmp_path / "never-made"
+    with pytest.raises(NothingPublished) as gone:
+        _group(tmp_path, missing)
+    assert gone.value.exit_code == 18 and "nothing is published" in str(gone.value)
+    assert not missing.exists()
+
+    out = _new_output(tmp_path)
+    (out / ".bidsapp" / "status").mkdir(parents=True)
+    failed = StatusRecord("01", "", RUN_ID)
+    failed.exit_code, failed.error_class = 66, "LocationNotFound"
+    failed.save(LocalStore(out), "failed")
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with pytest.raises(NothingPublished) as none:
+        _group(tmp_path, out)
+    assert "no subject is published" in str(none.value)
+    assert "sub-01 failed (exit 66)" in str(none.value)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+
+def test_failed_and_never_run_jobs_make_group_fail_after_writing(tmp_path: Path) -> None:
+    out = _new_output(tmp_path)
+    _publish(out, tmp_path, "01")
+    record = StatusRecord("02", "", RUN_ID)
+    record.exit_code, record.error_class = 65, "BadInputData"
+    record.save(LocalStore(out), "failed")
+    batch = (("01", ""), ("02", ""), ("03", ""))  # a SLURM batch's task list
+    with pytest.raises(JobsUnfinished) as info:
+        _group(tmp_path, out, expected=batch, dataset_fields={"Authors": ["A. B."]})
+    message = info.value.one_line()
+    assert info.value.exit_code == 65  # the first failed job's own code
+    assert "2 jobs not published: sub-02 failed (exit 65), sub-03 never ran" in message
+    assert "bidsapp status" in message
+    # the published subject still gets its dataset files
+    _, rows = _tsv(out / "participants.tsv")
+    assert [r["participant_id"] for r in rows] == ["sub-01"]
+    assert (out / "dataset_description.json").is_file()
+
+    # a batch of the published subject alone: nothing to say, exit 0
+    assert _group(tmp_path, out, expected=(("01", ""),)) == 0
+    # without a task list, every job that left a record counts: sub-02's failure
+    with pytest.raises(JobsUnfinished):
+        _group(tmp_path, out)
+
+
+def test_name_authors_and_license_the_first_time_then_the_curator_wins(tmp_path: Path) -> None:
+    out = _new_output(tmp_path)
+    _publish(out, tmp_path, "01")
+    _group(tmp_path, out)  # no fields given: a placeholder Name, and the validator warns
+    first = json.loads((out / "dataset_description.json").read_text())
+    assert first["Name"] == "bidsapp dataset" and "Authors" not in first
+    report = json.loads((out / ".bidsapp" / "group-validation.json").read_text())
+    codes = {i["code"] for i in report["issues"]["issues"]}
+    assert {"NO_AUTHORS"} <= codes or {"TOO_FEW_AUTHORS"} <= codes, codes
+
+    fields = {"Name": "Memory clinic", "Authors": ["A. One", "B. Two"], "License": "CC0"}
+    assert _group(tmp_path, out, dataset_fields=fields) == 0
+    data = json.loads((out / "dataset_description.json").read_text())
+    assert {k: data[k] for k in fields} == fields  # the placeholder Name gave way
+    report = json.loads((out / ".bidsapp" / "group-validation.json").read_text())
+    codes = {i["code"] for i in report["issues"]["issues"]}
+    assert not codes & {"NO_AUTHORS", "TOO_FEW_AUTHORS"}, codes
+
+    data["Name"], data["Authors"] = "Curated name", ["C. Curator"]
+    (out / "dataset_description.json").write_text(json.dumps(data))
+    _group(tmp_path, out, dataset_fields={"Name": "Flag", "Authors": ["Flag"], "Funding": ["F"]})
+    kept = json.loads((out / "dataset_description.json").read_text())
+    assert kept["Name"] == "Curated name" and kept["Authors"] == ["C. Curator"]
+    assert kept["Funding"] == ["F"]  # a field nobody set yet is filled
+
+
+def test_index_lists_the_datasets_validator_findings_grouped(tmp_path: Path) -> None:
+    out = _new_output(tmp_path)
+    _publish(out, tmp_path, "01")
+    _publish(out, tmp_path, "02")
+    _group(tmp_path, out)
+    report = json.loads((out / ".bidsapp" / "group-validation.json").read_text())
+    warnings = [i for i in report["issues"]["issues"] if i["severity"] == "warning"]
+    kinds = {i["code"] + (f" ({i['subCode']})" if i.get("subCode") else "") for i in warnings}
+    assert len(warnings) > len(kinds), "the fake dataset is expected to repeat warnings"
+    rows = {(kind, "/") for kind in kinds}
+    for name, nested in report.get("derivativesSummary", {}).items():
+        for i in nested["issues"]["issues"]:
+            rows.add((i["code"] + (f" ({i['subCode']})" if i.get("subCode") else ""), name))
+    page = unescape((out / "derivatives/bidsapp/.log/index.html").read_text())
+    section = page.split("Dataset validation", 1)[1]
+    for kind in kinds:  # grouped: one row per code and dataset, however many files
+        assert section.count(f"<code>{kind}</code>") == sum(k == kind for k, _ in rows), kind
+    assert section.count("<tr>") == len(rows) + 1  # the rows, and the header

@@ -42,7 +42,7 @@ def test_inspect_matches_the_published_series_and_holds_no_phi(
 
     part = bidsapp(source, output, "participant", "--subject-map", subject_map)
     assert part.returncode == 0, part.stderr
-    gate = json.loads((output / "derivatives/bidsapp/sub-01/log/gate.json").read_text())
+    gate = json.loads((output / "derivatives/bidsapp/sub-01/.log/gate.json").read_text())
     keys = ("series_id", "description", "dims", "tr", "te", "files", "outputs", "reason")
     assert [{k: r[k] for k in keys} for r in json.loads(js.stdout)] == [
         {k: s[k] for k in keys} for s in gate["series"]

@@ -245,3 +245,81 @@ def test_p5_a_killed_job_s_work_folder_is_swept_and_status_says_it_is_gone(
     assert "removed the work folder" in rerun.stderr
     assert list(work_dir.iterdir()) == []
     assert "process_gone" not in status(bidsapp, output)["01"]
+
+
+def test_a_rerun_with_nothing_to_do_leaves_the_subject_published(
+    tmp_path: Path, make_exam: MakeExam, bidsapp: RunCli
+) -> None:
+    make_exam("01")
+    source, output = tmp_path / "source", tmp_path / "out"
+    assert bidsapp(source, output, "participant").returncode == 0
+    record = output / ".bidsapp/status/sub-01.json"
+    written = record.read_bytes()
+
+    rerun = bidsapp(source, output, "participant")
+
+    assert rerun.returncode == 0 and "nothing to do" in rerun.stderr, rerun.stderr
+    assert status(bidsapp, output)["01"]["state"] == "published"
+    assert record.read_bytes() == written, "a record that is already right is not rewritten"
+    table = bidsapp("status", output).stdout.splitlines()
+    assert table[0].split("\t") == ["participant", "session", "state", "exit", "note"]
+    assert table[1].split("\t")[:4] == ["sub-01", "-", "published", "0"]
+
+
+def test_status_json_into_head_ends_quietly(tmp_path: Path) -> None:
+    """`bidsapp status --json | head`: head leaves early; bidsapp must stop without a word."""
+    folder = tmp_path / "out/.bidsapp/status"
+    folder.mkdir(parents=True)
+    for n in range(1, 600):  # ~250 KB of JSON: more than a pipe holds, so writes hit EPIPE
+        record = {"label": f"{n:03d}", "session": "", "run_id": "x", "state": "failed"}
+        record |= {"exit_code": 65, "error_class": "BadInputData", "retryable": False}
+        (folder / f"sub-{n:03d}.json").write_text(json.dumps(record))
+    result = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", '"$@" | head -3', "sh", sys.executable, "-m",
+         "bidsapp.cli", "status", str(tmp_path / "out"), "--json"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.stdout.splitlines()[0] == "["
+    assert result.stderr == "" and result.returncode == 0, result.stderr
+
+
+def test_a_job_that_fails_before_staging_records_its_code(
+    tmp_path: Path, make_exam: MakeExam, bidsapp: RunCli
+) -> None:
+    """A SLURM task whose SOURCE is gone (or mistyped) fails before it knows its exam; status
+    must still say `failed 66` for it rather than 'missing'."""
+    make_exam("01")
+    make_exam("02", seed=2)
+    output = tmp_path / "out"
+    first = bidsapp(tmp_path / "source", output, "participant", "--participant-label", "01")
+    assert first.returncode == 0, first.stderr
+    typo = tmp_path / "sourse"
+
+    failed = bidsapp(typo, output, "participant", "--participant-label", "02")
+
+    assert failed.returncode == 66, failed.stderr
+    rows = status(bidsapp, output)
+    assert (rows["02"]["state"], rows["02"]["exit_code"]) == ("failed", 66)
+    assert rows["02"]["error_class"] == "LocationNotFound"
+    assert rows["01"]["state"] == "published"
+    # an OUTPUT that does not exist is not made just to hold the record
+    elsewhere = tmp_path / "elsewhere"
+    again = bidsapp(typo, elsewhere, "participant", "--participant-label", "02")
+    assert again.returncode == 66 and not elsewhere.exists()
+
+
+def test_dry_run_names_output_as_output(
+    tmp_path: Path, make_exam: MakeExam, bidsapp: RunCli
+) -> None:
+    make_exam("01")
+    source = tmp_path / "source"
+    new = tmp_path / "new"
+    result = bidsapp(source, new, "participant", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert f"OUTPUT {new} does not exist yet: a real run creates it" in result.stderr
+    assert "would be converted" in result.stderr and not new.exists()
+    typo = tmp_path / "typo" / "out"
+    result = bidsapp(source, typo, "participant", "--dry-run")
+    assert result.returncode == 66, result.stderr
+    assert f"OUTPUT {typo} was not found, nor its parent folder" in result.stderr
+    assert "SOURCE" not in result.stderr

@@ -8,7 +8,7 @@ The layers, lowest first; a module may import from its own layer and the ones be
     heuristic  header summaries, the classifier, overrides, finishing sidecars
     heuristics the heuristic files users pick by name (heuristics/)
     report     the subject report page and the dataset index
-    pipeline   one job's stages (stage, convert, gate, publish), group, status, inspect
+    pipeline   one job's stages (stage, convert, gate, publish), group, status, inspect, pull
     batch      many jobs: --jobs and SLURM
     cli        parses and dispatches
 

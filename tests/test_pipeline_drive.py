@@ -7,6 +7,7 @@ where it is a Content manager. The data files must match a local run md5 for md5
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,7 +54,7 @@ def data_md5s(manifest: dict) -> dict[str, str]:
 def drive_manifest(emu: Emulator, out: str) -> dict:
     bids = next(m["id"] for m in emu.listing(out) if m["name"] == "bids")
     tree = emu.tree(bids)
-    return json.loads(tree["derivatives/bidsapp/sub-01/log/manifest.json"])
+    return json.loads(tree["derivatives/bidsapp/sub-01/.log/manifest.json"])
 
 
 def test_drive_to_drive_matches_the_local_run(
@@ -64,7 +65,7 @@ def test_drive_to_drive_matches_the_local_run(
     local = bidsapp(source_dir, tmp_path / "out", "participant")
     assert local.returncode == 0, local.stderr
     local_manifest = json.loads(
-        (tmp_path / "out/derivatives/bidsapp/sub-01/log/manifest.json").read_text()
+        (tmp_path / "out/derivatives/bidsapp/sub-01/.log/manifest.json").read_text()
     )
 
     source, out = seed(emu, source_dir)
@@ -212,7 +213,7 @@ def test_an_id_mapped_exam_folders_name_is_an_identifier(
     )
     assert result.returncode == 0, result.stderr
     assert (output / "sub-01/anat/sub-01_T1w.nii.gz").is_file()
-    gate = json.loads((output / "derivatives/bidsapp/sub-01/log/gate.json").read_text())
+    gate = json.loads((output / "derivatives/bidsapp/sub-01/.log/gate.json").read_text())
     assert "ExamFolder" in {i["field"] for i in gate["phi"]["identifiers"]}
     assert scan_tree(output, Identifiers.collect([], EXAM_NAME)) == []  # NIfTI headers too
     text = (all_text(output) + all_text(tmp_path / "work") + result.stdout + result.stderr).lower()
@@ -236,3 +237,81 @@ def test_unshared_source_is_66_naming_the_identity(
     assert result.returncode == 66
     (line,) = error_lines(result.stderr)
     assert SA in line and "not shared" in line
+
+
+def test_a_mistyped_drive_output_is_refused_and_a_missing_one_made_in_its_parent(
+    tmp_path: Path, make_exam: MakeExam, bidsapp: RunCli, emu: Emulator
+) -> None:
+    make_exam("01")
+    source, out = seed(emu, tmp_path / "source")
+    env, key = drive_env(emu), tmp_path / "sa.json"
+    src = f"gdrive://{source}"
+
+    def run(output: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        return bidsapp(src, output, "participant", "--credentials", key, *extra, env=env)
+
+    # a typo in a folder above OUTPUT: refused before any work, and nothing made
+    typo = run(f"gdrive://{out}/studdy/bids")
+    assert typo.returncode == 66, typo.stderr
+    (line,) = error_lines(typo.stderr)
+    assert line.split("ERROR", 1)[1].strip().startswith(f"OUTPUT gdrive://{out}/studdy/bids")
+    assert "last folder only" in line
+    assert emu.listing(out) == []
+
+    # a dry run reads OUTPUT as OUTPUT, and one that does not exist yet as empty
+    dry = run(f"gdrive://{out}/bids", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"OUTPUT gdrive://{out}/bids does not exist yet: a real run creates it" in dry.stderr
+    assert "would be converted" in dry.stderr and "SOURCE" not in dry.stderr
+    assert emu.listing(out) == []
+
+    # the real run makes the missing last folder, says so once, and publishes into it
+    made = run(f"gdrive://{out}/bids")
+    assert made.returncode == 0, made.stderr
+    assert made.stderr.count("did not exist: created it in its parent folder") == 1
+    assert [m["name"] for m in emu.listing(out)] == ["bids"]
+    assert "sub-01/anat/sub-01_T1w.nii.gz" in emu.tree(emu.listing(out)[0]["id"])
+
+
+def every_item(emu: Emulator, folder: str, rel: str = "") -> dict[str, bool]:
+    """Every item below a folder, trashed ones included: path → trashed."""
+    found: dict[str, bool] = {}
+    for meta in emu.listing(folder):
+        path = f"{rel}{meta['name']}"
+        found[path] = bool(meta.get("trashed"))
+        if meta["mimeType"].endswith(".folder"):
+            found |= every_item(emu, meta["id"], path + "/")
+    return found
+
+
+@pytest.mark.parametrize("role", ["organizer", "fileOrganizer"])
+def test_a_finished_job_leaves_no_lock_or_upload_bookkeeping(
+    tmp_path: Path, make_exam: MakeExam, bidsapp: RunCli, emu: Emulator, role: str
+) -> None:
+    """Two lock files and an upload folder per job: a Manager's job deletes them; a Content
+    manager may only trash, so they go to the trash, after one refused delete per process."""
+    make_exam("01")
+    source = emu.folder("exams", parent=emu.my_drive(LAB), owner=LAB)
+    emu.upload_tree(tmp_path / "source", parent=source, owner=LAB)
+    emu.share(source, SA, role="reader")
+    out = emu.shared_drive("BIDS", members={SA: role})
+    emu.reset_stats()
+    done = bidsapp(
+        f"gdrive://{source}", f"gdrive://{out}/bids", "participant",
+        "--credentials", tmp_path / "sa.json", env=drive_env(emu),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    items = every_item(emu, out)
+    bookkeeping = {
+        path: trashed
+        for path, trashed in items.items()
+        if path.startswith(("bids/.bidsapp/locks/", "bids/.bidsapp/incoming/"))
+    }
+    refused = [r for r in emu.request_log() if r["op"] == "delete" and r["status"] == 403]
+    if role == "organizer":
+        assert bookkeeping == {}, bookkeeping
+        assert refused == []
+    else:
+        assert bookkeeping and all(bookkeeping.values()), bookkeeping  # in the trash only
+        assert len(refused) == 1
+    assert items["bids/sub-01/anat/sub-01_T1w.nii.gz"] is False

@@ -25,7 +25,7 @@ DERIV = ["gate.json", "log.jsonl", "manifest.json"]
 
 
 def manifest(output: Path, target: str = "sub-01") -> dict:
-    return json.loads((output / f"derivatives/bidsapp/{target}/log/manifest.json").read_text())
+    return json.loads((output / f"derivatives/bidsapp/{target}/.log/manifest.json").read_text())
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
@@ -49,7 +49,7 @@ def test_participant_group_rerun_and_force(
     assert (work_dir.stat().st_mode & 0o777) == 0o700
     m1 = manifest(output)
     assert {f["path"] for f in m1["files"]} == set(T1) | {
-        f"derivatives/bidsapp/sub-01/log/{name}"
+        f"derivatives/bidsapp/sub-01/.log/{name}"
         for name in ("gate.json", "log.jsonl", "report.html", "figures/sub-01_T1w.png")
     }
     assert m1["versions"]["heudiconv"] and m1["heuristic"] == "auto"
@@ -101,7 +101,7 @@ def test_new_session_leaves_other_sessions_untouched(
     first = bidsapp(source, output, "participant", "--subject-map", subject_map)
     assert first.returncode == 0, first.stderr
     pre = snapshot(output / "sub-01" / "ses-pre")
-    pre_deriv = snapshot(output / "derivatives/bidsapp/sub-01/ses-pre/log")
+    pre_deriv = snapshot(output / "derivatives/bidsapp/sub-01/ses-pre/.log")
     assert "anat/sub-01_ses-pre_T1w.nii.gz" in pre
 
     make_exam("exam-b", seed=2, study_date="20240301")
@@ -110,7 +110,7 @@ def test_new_session_leaves_other_sessions_untouched(
     assert second.returncode == 0, second.stderr
     assert "sub-01 ses-pre published and up to date" in second.stderr
     assert snapshot(output / "sub-01" / "ses-pre") == pre
-    assert snapshot(output / "derivatives/bidsapp/sub-01/ses-pre/log") == pre_deriv
+    assert snapshot(output / "derivatives/bidsapp/sub-01/ses-pre/.log") == pre_deriv
     assert (output / "sub-01/ses-post/anat/sub-01_ses-post_T1w.nii.gz").is_file()
 
     group = bidsapp(source, output, "group")
@@ -211,11 +211,11 @@ def test_four_jobs_at_once_then_group_keeps_curated_column(
         (output, {"recursive": True}),
         (output / "derivatives/bidsapp", {}),
     ):
-        findings, _ = validate(folder, tmp_path / "validation.json", **options)
-        assert [f for f in findings if f.severity == "error"] == [], (folder, options)
-    assert (output / "derivatives/bidsapp/sub-01/log/report.html").is_file()
-    index = (output / "derivatives/bidsapp/log/index.html").read_text()
-    assert all(f'href="../sub-0{n}/log/report.html"' in index for n in range(1, 5))
+        result = validate(folder, tmp_path / "validation.json", **options)
+        assert result.errors == [] and result.exit_code == 0, (folder, options)
+    assert (output / "derivatives/bidsapp/sub-01/.log/report.html").is_file()
+    index = (output / "derivatives/bidsapp/.log/index.html").read_text()
+    assert all(f'href="../sub-0{n}/.log/report.html"' in index for n in range(1, 5))
 
 
 def test_patient_data_stays_out_of_everything(
@@ -292,7 +292,17 @@ def test_demo_runs_offline_without_shared_data(tmp_path: Path) -> None:
     assert "BIDS dataset on Drive (gdrive://" in result.stdout, "through the Drive emulator"
     assert (tmp_path / "demo/bids/sub-01/func/sub-01_task-rest_bold.nii.gz").is_file()
     assert assert_loads_in_pybids(tmp_path / "demo/bids") >= 8
+    checked = validate(tmp_path / "demo/bids", tmp_path / "v.json", recursive=True)
+    assert checked.exit_code == 0 and checked.errors == [], checked.errors[:5]
     assert "souza" not in (result.stdout + result.stderr).lower()
+    # made in a clone, the demo's patient-like folders, key and secret are never committed
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    untracked = subprocess.run(
+        ["git", "-C", str(tmp_path), "status", "--porcelain", "--untracked-files=all"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert (tmp_path / "demo/service-account.json").is_file()
+    assert not [line for line in untracked.splitlines() if "demo/" in line], untracked
 
 
 def test_work_dir_after_a_failure_is_kept_only_when_asked(
@@ -308,3 +318,35 @@ def test_work_dir_after_a_failure_is_kept_only_when_asked(
     assert kept.returncode == 65
     (job,) = list(work_dir.iterdir())
     assert (job.stat().st_mode & 0o777) == 0o700 and (job / "log.jsonl").is_file()
+
+
+def test_published_logs_carry_no_local_path(
+    tmp_path: Path, make_exam: MakeExam, bidsapp: RunCli
+) -> None:
+    """The job log is published (and a failed job's kept on OUTPUT): it must not say where a
+    user's home, the key, the secret or the installation is."""
+    home = tmp_path / "home" / "jdoe"
+    home.mkdir(parents=True)
+    make_exam("01")
+    make_exam("02", seed=2, series=[])  # no series at all: a job that fails after staging
+    source, output = tmp_path / "source", tmp_path / "out"
+    subject_map = home / "map.tsv"
+    subject_map.write_text("source\tparticipant\tsession\n01\t01\t\n02\t02\t\n")
+    overrides = home / "overrides.toml"
+    overrides.write_text("")
+    result = bidsapp(
+        source, output, "participant", "--subject-map", subject_map,
+        "--overrides", overrides, "--date-secret", home / "date.secret",
+    )  # fmt: skip
+    assert result.returncode != 0  # sub-02 failed, as it should
+    logs = {
+        "published": output / "derivatives/bidsapp/sub-01/.log/log.jsonl",
+        "failed": output / ".bidsapp/failed/sub-02/log.jsonl",
+    }
+    for kind, log in logs.items():
+        text = log.read_text(encoding="utf-8")
+        for local in (str(tmp_path), "jdoe", sys.prefix, str(Path.home()), "/tmp/"):
+            assert local not in text, (kind, local)
+        start = json.loads(text.splitlines()[0])["record"]["extra"]
+        assert start["settings"]["source"] == "SOURCE" and start["settings"]["output"] == "OUTPUT"
+        assert start["settings"]["date_secret"] == ".../date.secret"

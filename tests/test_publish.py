@@ -140,7 +140,7 @@ def test_publish_into_empty_output(tmp_path: Path) -> None:
     assert returned == manifest
     assert manifest["fingerprint"] == "fp-new"
     assert sorted(_outside_bidsapp(out)) == sorted(
-        [*_expected(target, "new"), "derivatives/bidsapp/sub-01/log/manifest.json"]
+        [*_expected(target, "new"), "derivatives/bidsapp/sub-01/.log/manifest.json"]
     )
     prefixes = ("sub-01/", "derivatives/bidsapp/sub-01/")
     assert all(p.startswith(prefixes) for p in _outside_bidsapp(out))
@@ -161,7 +161,7 @@ def test_republish_replaces_the_old_copy(tmp_path: Path) -> None:
     assert not [p for p in files if "old-only" in p]
     assert files["sub-01/anat/T1w.json"] == b'{"version": "new"}\n'
     assert "sub-01/func/task-rest_bold.nii.gz" in files
-    assert "derivatives/bidsapp/sub-01/log/gate.json" in files
+    assert "derivatives/bidsapp/sub-01/.log/gate.json" in files
     _assert_no_leftovers(out)
 
 
@@ -317,12 +317,12 @@ def _break_same_size(out: Path) -> None:
 
 
 def _break_truncated(out: Path) -> None:
-    path = out / "derivatives" / "bidsapp" / "sub-01" / "log" / "report.html"
+    path = out / "derivatives" / "bidsapp" / "sub-01" / ".log" / "report.html"
     path.write_bytes(path.read_bytes()[:3])
 
 
 def _break_deriv_missing(out: Path) -> None:
-    (out / "derivatives" / "bidsapp" / "sub-01" / "log" / "gate.json").unlink()
+    (out / "derivatives" / "bidsapp" / "sub-01" / ".log" / "gate.json").unlink()
 
 
 def _break_whole_folder(out: Path) -> None:

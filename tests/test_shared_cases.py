@@ -31,6 +31,7 @@ import pydicom
 import pytest
 from pydicom.tag import BaseTag
 
+from bidsapp.pipeline.gate import validate
 from bidsapp.privacy.phi import Identifiers, scan_tree
 from bidsapp.privacy.profiles import profile
 from tests.conftest import (
@@ -125,9 +126,8 @@ DATASET_FILES = [
     "CHANGES",
     "README.md",
     "dataset_description.json",
-    "derivatives/bidsapp/.bidsignore",
     "derivatives/bidsapp/dataset_description.json",
-    "derivatives/bidsapp/log/index.html",
+    "derivatives/bidsapp/.log/index.html",
 ]
 
 
@@ -172,7 +172,7 @@ class Outcome:
 
     @property
     def gate(self) -> dict:  # type: ignore[type-arg]
-        return json.loads((self.output / f"derivatives/bidsapp/{S}/log/gate.json").read_text())
+        return json.loads((self.output / f"derivatives/bidsapp/{S}/.log/gate.json").read_text())
 
 
 @pytest.fixture(scope="module", params=sorted(EXPECTED))
@@ -213,11 +213,15 @@ def test_case_publishes_exactly_the_expected_files(outcome: Outcome) -> None:
     files = published_files(outcome.output)
     data = [f for f in files if f.startswith("sub-")]
     assert data == sorted([*EXPECTED[case][0], f"{S}/{S}_scans.tsv"])
-    report = json.loads((outcome.output / ".bidsapp/group-validation.json").read_text())
-    assert [i for i in report["issues"]["issues"] if i["severity"] == "error"] == []
+    # what a reviewer runs: `bids-validator-deno -r OUTPUT`, by exit code and every dataset's
+    # report (derivatives/bidsapp included)
+    checked = validate(outcome.output, outcome.output.parent / "recheck.json", recursive=True)
+    assert checked.exit_code == 0 and checked.errors == [], checked.errors[:5]
+    report = json.loads((outcome.output.parent / "recheck.json").read_text())
+    assert list(report["derivativesSummary"]) == ["/derivatives/bidsapp/"]  # it was looked at
     assert outcome.gate["validator"]["errors"] == 0 and outcome.gate["passed"] is True
     derivs = [f for f in files if f.startswith(f"derivatives/bidsapp/{S}/")]
-    log = f"derivatives/bidsapp/{S}/log"
+    log = f"derivatives/bidsapp/{S}/.log"
     assert {f"{log}/{n}" for n in ("gate.json", "log.jsonl", "manifest.json", "report.html")} < set(
         derivs
     )
@@ -333,5 +337,5 @@ def test_asl_converts_with_the_fields_overrides_supply(tmp_path: Path) -> None:
     assert sidecar["BackgroundSuppression"] is False
     assert sidecar["M0Type"] == "Included" and sidecar["TotalAcquiredPairs"] == 3
     assert sidecar["RepetitionTimePreparation"] == sidecar["RepetitionTime"]
-    gate = json.loads((output / "derivatives/bidsapp/sub-01/log/gate.json").read_text())
+    gate = json.loads((output / "derivatives/bidsapp/sub-01/.log/gate.json").read_text())
     assert gate["validator"]["errors"] == 0

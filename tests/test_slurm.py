@@ -27,7 +27,8 @@ MAP = "source\tparticipant\tsession\nexam-c\t03\t\nexam-a\t01\t\nexam-b\t02\t\n"
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_generated_scripts_pass_shellcheck(runtime: str, tmp_path: Path, bidsapp: RunCli) -> None:
     need(shutil.which("shellcheck") is not None, "shellcheck is not installed")
-    (tmp_path / "source").mkdir()
+    for exam in ("exam-a", "exam-b", "exam-c"):
+        (tmp_path / "source" / exam).mkdir(parents=True)
     subject_map = tmp_path / "map.tsv"
     subject_map.write_text(MAP)
     written = bidsapp(
@@ -137,13 +138,16 @@ def test_slurm_array_against_drive_then_resubmit(
     subject_map = tmp_path / "map.tsv"
     subject_map.write_text(MAP)
 
-    def submit(action: str, source: str, output: str) -> tuple[str, str]:
-        result = bidsapp(
+    def run(action: str, source: str, output: str) -> subprocess.CompletedProcess[str]:
+        return bidsapp(
             "slurm", action, f"gdrive://{source}", f"gdrive://{output}",
             "--subject-map", subject_map, "--runtime", "none", "--array-limit", "2",
             "--drive-rps", "40", "--credentials", lab.key, "--slurm-dir", tmp_path / "slurm",
             env=lab.env, work=False,
         )  # fmt: skip
+
+    def submit(action: str, source: str, output: str) -> tuple[str, str]:
+        result = run(action, source, output)
         assert result.returncode == 0, result.stderr
         lines = result.stdout.splitlines()
         array = next(line.split()[2] for line in lines if line.startswith("array job "))
@@ -177,21 +181,37 @@ def test_slurm_array_against_drive_then_resubmit(
     ]  # fmt: skip
     assert "exam-" not in logs(), "no exam folder name in any job log"
 
-    # Run 2: exam-b's folder is missing from SOURCE: one task fails, the others publish.
+    # A mistyped SOURCE (here: a folder without the exams) is refused before anything is
+    # queued or written: one line, exit 66, no batch folder, no job.
+    batches = sorted((tmp_path / "slurm").glob("batch-*"))
+    typo = run("submit", lab.source(exams, []), lab.output("typo"))
+    assert typo.returncode == 66, typo.stderr
+    assert "3 of the 3 exam folders in the subject map are not in SOURCE" in typo.stderr
+    assert sorted((tmp_path / "slurm").glob("batch-*")) == batches
+    assert cluster.squeue() == []
+
+    # Run 2: exam-b's folder holds no DICOM: its task fails, the others publish, and the
+    # group job writes the dataset files, then fails naming the task.
     source2, output2 = lab.source(exams, ["exam-a", "exam-c"]), lab.output("bids2")
+    exam_b = lab.emu.folder("exam-b", parent=source2)
+    lab.emu.file("notes.txt", b"not a DICOM", parent=exam_b)
     array, group = submit("submit", source2, output2)
     states = cluster.wait_jobs([array, group])
     assert sorted(states[array]) == ["COMPLETED", "COMPLETED", "FAILED"], logs()
+    assert states[group] == ["FAILED"], logs()
+    group_log = next((tmp_path / "slurm").glob(f"batch-*/logs/group-{group}.log")).read_text()
+    assert "1 job not published: sub-02 failed (exit 65)" in group_log
     rows = status(output2)
     assert [k for k, v in rows.items() if v["state"] == "failed"] == ["02"]
-    assert rows["02"]["exit_code"] == 66 and not rows["02"]["published"]
+    assert rows["02"]["exit_code"] == 65 and not rows["02"]["published"]
     assert [k for k, v in rows.items() if v["published"]] == ["01", "03"]
+    assert "participants.tsv" in lab.emu.tree(output2)
 
-    # Restore the folder; resubmit runs only the failed task and the group job again.
-    lab.add_exam(source2, exams / "exam-b")
+    # Put the exam in; resubmit runs only the failed task and the group job again.
+    lab.emu.upload_tree(exams / "exam-b", parent=exam_b)
     array, group = submit("resubmit", source2, output2)
-    tasks = (tmp_path / "slurm/batch-003/tasks.tsv").read_text().splitlines()
-    assert tasks == ["participant\tsession", "02\t"]
+    tasks = sorted((tmp_path / "slurm").glob("batch-*"))[-1] / "tasks.tsv"
+    assert tasks.read_text().splitlines() == ["participant\tsession", "02\t"]
     states = cluster.wait_jobs([array, group])
     assert states == {array: ["COMPLETED"], group: ["COMPLETED"]}, logs()
     assert {k: (v["state"], v["published"]) for k, v in status(output2).items()} == {

@@ -19,7 +19,7 @@ MAP = "source\tparticipant\tsession\nexam-a\t01\t\n"
 def _write(
     bidsapp: RunCli, tmp_path: Path, *args: str | Path, prefix: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess[str]:
-    (tmp_path / "source").mkdir(exist_ok=True)
+    (tmp_path / "source" / "exam-a").mkdir(parents=True, exist_ok=True)
     subject_map = tmp_path / "map.tsv"
     subject_map.write_text(MAP)
     return bidsapp(
@@ -85,3 +85,43 @@ def test_u5_a_working_directory_with_a_space_is_quoted(bidsapp: RunCli, tmp_path
     if shutil.which("shellcheck"):
         check = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True)
         assert check.returncode == 0, check.stdout
+
+
+@pytest.mark.parametrize(
+    ("mistake", "code", "words"),
+    [
+        ("source", 66, "1 of the 1 exam folders in the subject map are not in SOURCE"),
+        ("map-row", 66, "(sub-01); nothing was submitted"),
+        ("map-unreadable", 64, "cannot read the subject map"),
+        ("output", 66, "bidsapp creates OUTPUT's last folder only"),
+    ],
+)
+def test_mistakes_are_caught_before_a_batch_is_written(
+    bidsapp: RunCli, tmp_path: Path, mistake: str, code: int, words: str
+) -> None:
+    """What would fail every task alike fails `slurm write|submit` once, before any batch,
+    script or OUTPUT folder exists (tests/test_slurm.py shows submit queues nothing)."""
+    (tmp_path / "source" / "exam-a").mkdir(parents=True)
+    subject_map = tmp_path / "map.tsv"
+    subject_map.write_text(MAP)
+    source, output = tmp_path / "source", tmp_path / "out"
+    if mistake == "source":
+        source = tmp_path / "sourse"
+        source.mkdir()  # a folder, but not the one holding the exams
+    elif mistake == "map-row":
+        subject_map.write_text(MAP.replace("exam-a", "exam-b"))
+    elif mistake == "map-unreadable":
+        subject_map.unlink()
+        subject_map.mkdir()  # unreadable for root too
+    else:
+        output = tmp_path / "typo" / "out"
+    result = bidsapp(
+        "slurm", "write", source, output, "--subject-map", subject_map,
+        "--slurm-dir", tmp_path / "slurm", work=False,
+    )  # fmt: skip
+    assert result.returncode == code, result.stderr
+    assert words in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert "exam-" not in result.stderr  # the map's source column is PHI: never printed
+    assert not (tmp_path / "slurm").exists()
+    assert not output.exists()

@@ -128,7 +128,7 @@ class Outcome:
 
     @property
     def gate(self) -> dict:  # type: ignore[type-arg]
-        return json.loads((self.output / f"derivatives/bidsapp/{S}/log/gate.json").read_text())
+        return json.loads((self.output / f"derivatives/bidsapp/{S}/.log/gate.json").read_text())
 
     def sidecar(self, stem: str) -> dict:  # type: ignore[type-arg]
         return json.loads((self.output / S / f"{stem}.json").read_text())

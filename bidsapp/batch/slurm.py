@@ -21,52 +21,54 @@ from pathlib import Path
 from typing import Any
 
 from bidsapp import __version__
-from bidsapp.errors import TemporaryFailure, UsageError
+from bidsapp.bids import SubjectSession
+from bidsapp.errors import LocationNotFound, TemporaryFailure, UsageError
 from bidsapp.pipeline.publish import init_shared
 from bidsapp.pipeline.status import job_states
 from bidsapp.pipeline.subjects import Subject, clean_label, read_map
 from bidsapp.privacy.profiles import load_secret
 from bidsapp.settings import Settings
-from bidsapp.stores import is_remote, open_store
+from bidsapp.stores import Store, is_remote, open_store
 
 RUNTIMES = ("none", "apptainer", "singularity", "docker")
 TASKS_HEADER = ("participant", "session")
 
 
-@dataclass(frozen=True, order=True)
-class Task:
-    """One array task: a subject, or one session of it."""
-
-    label: str
-    session: str = ""
-
-    @property
-    def job_name(self) -> str:
-        return f"sub-{self.label}" + (f"_ses-{self.session}" if self.session else "")
-
-
-def tasks_for(subjects: Sequence[Subject]) -> list[Task]:
+def tasks_for(subjects: Sequence[Subject]) -> list[SubjectSession]:
     """One task per map row, sorted by label and session (never by row order)."""
-    return sorted({Task(s.label, s.session) for s in subjects})
+    return sorted({s.job for s in subjects})
 
 
-def write_tasks(path: Path, tasks: Sequence[Task]) -> None:
+def write_tasks(path: Path, tasks: Sequence[SubjectSession]) -> None:
     lines = ["\t".join(TASKS_HEADER)] + [f"{t.label}\t{t.session}" for t in tasks]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def read_task(path: Path, index: int) -> Task:
-    """Line `index` (1 = the first task) of a task list."""
+def read_tasks(path: Path) -> list[SubjectSession]:
+    """Every task of a task list, in array order."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise UsageError(f"cannot read the task list {path}: {exc.strerror}") from exc
     if not lines or tuple(lines[0].split("\t")) != TASKS_HEADER:
         raise UsageError(f"{path} is not a task list written by 'bidsapp slurm write'")
-    if not 1 <= index < len(lines):
-        raise UsageError(f"task {index} is not in {path} (it has {len(lines) - 1} tasks)")
-    label, _, session = lines[index].partition("\t")
-    return Task(clean_label(label), clean_label(session, "session label") if session else "")
+    tasks = []
+    for line in lines[1:]:
+        label, _, session = line.partition("\t")
+        tasks.append(
+            SubjectSession(
+                clean_label(label), clean_label(session, "session label") if session else ""
+            )
+        )
+    return tasks
+
+
+def read_task(path: Path, index: int) -> SubjectSession:
+    """Line `index` (1 = the first task) of a task list."""
+    tasks = read_tasks(path)
+    if not 1 <= index <= len(tasks):
+        raise UsageError(f"task {index} is not in {path} (it has {len(tasks)} tasks)")
+    return tasks[index - 1]
 
 
 def default_bidsapp_cmd() -> tuple[str, ...]:
@@ -160,7 +162,7 @@ class Batch:
     """One written batch: task list and the two scripts."""
 
     folder: Path
-    tasks: tuple[Task, ...]
+    tasks: tuple[SubjectSession, ...]
     participant: Path
     group: Path
 
@@ -269,6 +271,7 @@ def group_script(plan: Plan, batch: Path) -> str:
     call = [
         *_launcher(plan, batch),
         f"{q(plan.source)} {q(plan.output)} group",
+        f"--task-list {q(str(batch / 'tasks.tsv'))}",
         *_common(plan, plan.drive_rps),
     ]
     return _script(
@@ -281,7 +284,7 @@ def group_script(plan: Plan, batch: Path) -> str:
     )
 
 
-def write_batch(plan: Plan, tasks: Sequence[Task]) -> Batch:
+def write_batch(plan: Plan, tasks: Sequence[SubjectSession]) -> Batch:
     """A new batch folder holding the task list and both scripts."""
     if not tasks:
         raise UsageError("no tasks to write")
@@ -370,6 +373,24 @@ def queued_jobs(plan: Plan, env: Mapping[str, str] | None = None) -> list[str]:
     return proc.stdout.split()
 
 
+def check_sources(source: Store, subjects: Sequence[Subject]) -> None:
+    """Every map row's exam folder is in SOURCE, by one listing of its top level (the first
+    folder of each row's path; `id:` rows name Drive folders directly and are not listed)."""
+    present = {entry.name for entry in source.list("") if entry.is_dir}
+    missing = [
+        s for s in subjects if not s.source.startswith("id:") and s.source_parts[0] not in present
+    ]
+    if missing:
+        jobs = ", ".join(t.job_name for t in tasks_for(missing)[:10])
+        more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+        raise LocationNotFound(
+            f"{len(missing)} of the {len(subjects)} exam folders in the subject map are not in "
+            f"SOURCE {source.describe()} ({jobs}{more}); nothing was submitted",
+            hint="check SOURCE for a typo, or the map's source column ('bidsapp subjects' "
+            "lists what SOURCE holds)",
+        )
+
+
 def to_redo(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """Status rows whose job is not done: failed, never ran, interrupted or incomplete."""
     return [r for r in rows if not (r["published"] and r["state"] in ("published", "skipped"))]
@@ -379,7 +400,8 @@ def run_action(action: str, plan: Plan, *, date_secret: Path | None) -> int:
     """`bidsapp slurm write|submit|resubmit`: a new batch from the map (resubmit: only the jobs
     that are not published), written and, unless `write`, submitted with its group job."""
     check_plan(plan)  # before anything is made or asked
-    tasks = tasks_for(read_map(plan.subject_map))
+    subjects = read_map(plan.subject_map)
+    tasks = tasks_for(subjects)
     if date_secret is not None:  # made here, not raced for by the tasks
         load_secret(date_secret)
     if action == "resubmit":
@@ -396,6 +418,9 @@ def run_action(action: str, plan: Plan, *, date_secret: Path | None) -> int:
         drive_rps=plan.drive_rps,
         credentials=plan.credentials,
     )
+    # What would make every task fail alike is found here, once, before a task is queued:
+    # SOURCE and the credentials (opening it signs in), the map's exam folders, then OUTPUT.
+    check_sources(open_store(plan.source, settings=settings), subjects)
     store = open_store(plan.output, for_output=True, settings=settings)
     init_shared(store)  # `group --init`: shared folders exist before the tasks fan out
     if action == "resubmit":
@@ -403,11 +428,12 @@ def run_action(action: str, plan: Plan, *, date_secret: Path | None) -> int:
         for row in rows:
             code = "" if row["exit_code"] is None else f", exit {row['exit_code']}"
             retry = ", retryable" if row["retryable"] else ""
-            print(f"{Task(row['label'], row['session']).job_name}: {row['state']}{code}{retry}")
+            job = SubjectSession(row["label"], row["session"])
+            print(f"{job.job_name}: {row['state']}{code}{retry}")
         if not rows:
             print("nothing to resubmit: every task is published")
             return 0
-        tasks = [Task(r["label"], r["session"]) for r in rows]
+        tasks = [SubjectSession(r["label"], r["session"]) for r in rows]
     batch = write_batch(plan, tasks)
     limit = min(plan.array_limit, len(tasks))
     rate = per_task_rps(plan.drive_rps, plan.array_limit, len(tasks))

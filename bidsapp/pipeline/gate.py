@@ -31,6 +31,30 @@ class Finding:
     severity: str
     location: str
     message: str = ""
+    dataset: str = ""  # '' for the dataset itself, '/derivatives/x/' for a derivative in it
+    sub_code: str = ""  # what the code is about, e.g. the key of JSON_KEY_RECOMMENDED
+    meaning: str = ""  # the validator's text for the code (its codeMessages)
+
+
+@dataclass
+class Validation:
+    """Everything one validator run said: every finding of the dataset and of each derivative
+    in it (with -r), its summary, and its exit code (16 when it found errors)."""
+
+    findings: list[Finding]
+    summary: dict[str, Any]
+    exit_code: int
+
+    @property
+    def errors(self) -> list[Finding]:
+        found = [f for f in self.findings if f.severity == "error"]
+        if self.exit_code and not found:  # never trust a report that contradicts the exit code
+            found = [Finding("VALIDATOR_EXIT", "error", "", f"exited {self.exit_code}")]
+        return found
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "warning"]
 
 
 @dataclass
@@ -58,31 +82,41 @@ class GateReport:
         return ids.redact(text) if ids is not None else text
 
 
-def validate(
-    dataset: Path, report_path: Path, *, recursive: bool = False
-) -> tuple[list[Finding], dict[str, Any]]:
-    """Run the BIDS validator on a dataset (`recursive`: derivatives too, as `-r`).
+def validate(dataset: Path, report_path: Path, *, recursive: bool = False) -> Validation:
+    """Run the BIDS validator on a dataset (`recursive`: derivatives too, as `-r`): the one
+    place its output is read, so nobody counts the top level and misses a derivative.
 
     An absent or crashing validator raises ToolFailed.
     """
-    run(
+    done = run(
         ["bids-validator-deno", str(dataset), "--format", "json", "-o", str(report_path)]
         + (["-r"] if recursive else []),
         ok_codes=(0, 16),
         timeout=1800,
     )
     data = json.loads(report_path.read_text())
-    findings = []
-    for issue in data.get("issues", {}).get("issues", []):
-        findings.append(
-            Finding(
-                str(issue.get("code", "")),
-                str(issue.get("severity", "")),
-                str(issue.get("location", "")),
-                str(issue.get("issueMessage", "") or ""),
-            )
+    return Validation(_findings(data, ""), data.get("summary", {}), done.returncode)
+
+
+def _findings(data: dict[str, Any], dataset: str) -> list[Finding]:
+    """The issues of one report and, depth first, of every derivative summary in it."""
+    issues = data.get("issues", {})
+    meanings = issues.get("codeMessages") or {}
+    found = [
+        Finding(
+            str(issue.get("code", "")),
+            str(issue.get("severity", "")),
+            str(issue.get("location", "")),
+            str(issue.get("issueMessage", "") or ""),
+            dataset,
+            str(issue.get("subCode", "") or ""),
+            str(meanings.get(issue.get("code"), "") or "").strip(),
         )
-    return findings, data.get("summary", {})
+        for issue in issues.get("issues", [])
+    ]
+    for name, nested in (data.get("derivativesSummary") or {}).items():
+        found += _findings(nested, f"{dataset.rstrip('/')}{name}")
+    return found
 
 
 def wrap_subject(bids_root: Path, label: str, into: Path) -> Path:
@@ -169,15 +203,17 @@ def _validate_subject(report: GateReport, bids_root: Path, work: Path) -> None:
     """The validator on the subject alone (wrapped in a minimal dataset)."""
     dataset = wrap_subject(bids_root, report.subject, work / "gate" / "dataset")
     try:
-        findings, summary = validate(dataset, work / "gate" / "validator.json")
+        result = validate(dataset, work / "gate" / "validator.json")
     except (ToolFailed, json.JSONDecodeError, OSError) as exc:
         report.findings = []
         report.validator = {"errors": None, "crashed": str(exc)[:500]}
         return
-    report.findings = findings
-    errors = sum(f.severity == "error" for f in findings)
-    warnings = sum(f.severity == "warning" for f in findings)
-    report.validator = {"errors": errors, "warnings": warnings, "summary": summary}
+    report.findings = [*result.findings, *(e for e in result.errors if e.code == "VALIDATOR_EXIT")]
+    report.validator = {
+        "errors": len(result.errors),
+        "warnings": len(result.warnings),
+        "summary": result.summary,
+    }
 
 
 def recheck(report: GateReport, derivatives: Path, ids: Identifiers) -> None:

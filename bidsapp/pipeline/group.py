@@ -12,14 +12,22 @@ import json
 import posixpath
 import re
 import tempfile
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from loguru import logger
 
-from bidsapp.errors import ValidationFailed
-from bidsapp.pipeline.gate import BIDS_VERSION, validate
+from bidsapp.bids import SubjectSession
+from bidsapp.errors import (
+    JobsUnfinished,
+    LocationNotFound,
+    NothingPublished,
+    TemporaryFailure,
+    ValidationFailed,
+)
+from bidsapp.pipeline.gate import BIDS_VERSION, Validation, validate
 from bidsapp.pipeline.publish import (
     DERIVATIVE,
     INDEX,
@@ -29,6 +37,7 @@ from bidsapp.pipeline.publish import (
     repair,
 )
 from bidsapp.pipeline.status import read_all
+from bidsapp.pipeline.subjects import read_map
 from bidsapp.report.index import index_entry, render_index
 from bidsapp.settings import Settings
 from bidsapp.stores import Store, open_store
@@ -45,13 +54,10 @@ FIELD_DOCS = {
 }
 README_TEXT = """# BIDS dataset
 
-Converted from DICOM by bidsapp. Subjects are de-identified; derivatives/bidsapp/log/index.html
+Converted from DICOM by bidsapp. Subjects are de-identified; derivatives/bidsapp/.log/index.html
 links each subject's conversion report, gate report and provenance.
 """
 BIDSIGNORE_LINES = ("extra_data", "**/extra_data/**")
-# Reports and records live in `log/` folders, which validators skip by default (3.0.2 with -r reads
-# no .bidsignore inside a derivative); this file says so for tools that only read .bidsignore.
-DERIVATIVE_IGNORES = ("log", "**/log/**")
 
 
 def published_targets(store: Store) -> list[tuple[Target, dict[str, Any]]]:
@@ -77,17 +83,33 @@ def published_targets(store: Store) -> list[tuple[Target, dict[str, Any]]]:
 
 
 def run_group(settings: Settings) -> int:
-    """Write the dataset-level files and validate the dataset (16 when it fails)."""
-    store = open_store(settings.output, for_output=True, settings=settings)
-    init_shared(store)
+    """Write the dataset-level files and validate the dataset (16 when it fails).
+
+    Exits non-zero, after writing what the published subjects need, when a job of the batch
+    failed or never finished; when nothing at all is published, writes nothing (18).
+    """
     if settings.init_only:
+        store = open_store(settings.output, for_output=True, settings=settings)
+        init_shared(store)
         logger.info("shared folders ready in {}", store.describe())
         return 0
+    try:
+        seen = open_store(settings.output, role="OUTPUT", settings=settings)
+    except LocationNotFound as exc:
+        raise NothingPublished(f"{exc}: nothing is published there") from exc
+    unfinished = unfinished_jobs(seen, published_targets(seen), expected_jobs(settings))
+    if not published_targets(seen) and not seen.exists(".bidsapp/incoming"):
+        raise NothingPublished(
+            f"no subject is published in OUTPUT {seen.describe()}"
+            + (f": {describe(unfinished)}" if unfinished else ""),
+        )
+    store = open_store(settings.output, for_output=True, settings=settings)
+    init_shared(store)
     _finish_interrupted(store)
     targets = published_targets(store)
     labels = sorted({t.label for t, _ in targets})
     logger.info("{} published subjects", len(labels))
-    _dataset_description(store)
+    _dataset_description(store, settings.dataset_fields)
     _participants(store, labels, settings.participant_fields)
     if not store.exists("README") and not store.exists("README.md"):
         store.write_bytes("README.md", README_TEXT.encode())
@@ -100,8 +122,78 @@ def run_group(settings: Settings) -> int:
     _sessions(store, targets)
     _task_files(store, targets)
     _derivative_description(store)
-    _index(store, targets)
-    return _validate(store, settings.work_dir)
+    validation, where = _validate(store, settings.work_dir)
+    _index(store, targets, validation)
+    errors = validation.errors
+    logger.info("dataset validation: {} errors, {} warnings", len(errors), len(validation.warnings))
+    unfinished = unfinished_jobs(store, targets, expected_jobs(settings))
+    if unfinished:
+        logger.error("{}", describe(unfinished))
+    if errors:
+        codes = sorted({f.code for f in errors})
+        raise ValidationFailed(
+            f"the dataset fails BIDS validation ({len(errors)} errors: {', '.join(codes)})",
+            hint=f"see {where}",
+        )
+    if unfinished:
+        failed = [u.exit_code for u in unfinished if u.exit_code]
+        raise JobsUnfinished(
+            f"the dataset files are written for {len(labels)} published subjects, but "
+            + describe(unfinished),
+            exit_code=failed[0] if failed else TemporaryFailure.exit_code,
+        )
+    return 0
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    """A job of the batch that has nothing (new) published: failed, stopped or never ran."""
+
+    job: SubjectSession
+    state: str  # 'failed', a running state it stopped in, or 'never ran'
+    exit_code: int | None
+
+
+def expected_jobs(settings: Settings) -> list[SubjectSession] | None:
+    """The jobs the group should find: a SLURM batch's task list, else the subject map's rows;
+    None when neither is given (only the jobs that left a record count)."""
+    if settings.expected is not None:
+        return [SubjectSession(label, session) for label, session in settings.expected]
+    if settings.subject_map is not None:
+        return [SubjectSession(s.label, s.session) for s in read_map(settings.subject_map)]
+    return None
+
+
+def unfinished_jobs(
+    store: Store,
+    targets: list[tuple[Target, dict[str, Any]]],
+    expected: list[SubjectSession] | None,
+) -> list[Unfinished]:
+    """Jobs whose last run failed (whatever an earlier run published), and expected jobs with
+    nothing published: stopped mid-way (a record in a running state) or never ran."""
+    published = {(t.label, t.session) for t, _ in targets}
+    whole = {t.label for t, _ in targets if not t.session}
+    records = {(str(r.get("label")), str(r.get("session") or "")): r for r in read_all(store)}
+    keys = sorted(records) if expected is None else sorted({(j.label, j.session) for j in expected})
+    found = []
+    for label, session in keys:
+        record = records.get((label, session), {})
+        state = str(record.get("state") or "never ran")
+        if state == "failed":
+            found.append(Unfinished(SubjectSession(label, session), state, record.get("exit_code")))
+        elif (label, session) not in published and label not in whole:
+            found.append(Unfinished(SubjectSession(label, session), state, None))
+    return found
+
+
+def describe(unfinished: list[Unfinished]) -> str:
+    """One sentence naming every unfinished job and how it ended."""
+    parts = [
+        f"{u.job.job_name} {u.state}" + (f" (exit {u.exit_code})" if u.exit_code else "")
+        for u in unfinished
+    ]
+    shown = ", ".join(parts[:10]) + (f" and {len(parts) - 10} more" if len(parts) > 10 else "")
+    return f"{len(parts)} job{'s' if len(parts) != 1 else ''} not published: {shown}"
 
 
 def _finish_interrupted(store: Store) -> None:
@@ -113,7 +205,7 @@ def _finish_interrupted(store: Store) -> None:
     for tag in sorted(tags):
         label, _, session = tag.partition("-")
         target = Target(label, session)
-        with store.lock(f"sub-{label}"):
+        with store.lock(target.subject.prefix):
             for action in repair(store, target):
                 logger.warning("{}: {}", target.data, action)
 
@@ -150,9 +242,18 @@ def _generated_by() -> dict[str, Any]:
     }
 
 
-def _dataset_description(store: Store) -> None:
+PLACEHOLDER_NAME = "bidsapp dataset"
+
+
+def _dataset_description(store: Store, fields: dict[str, Any]) -> None:
+    """dataset_description.json: what the flags or --dataset-description give (Name, Authors,
+    License, ...) fills fields that are missing or still our placeholder; a curator's values
+    always win."""
     data = _read_json(store, "dataset_description.json")
-    data.setdefault("Name", "bidsapp dataset")
+    for key, value in fields.items():
+        if key not in data or (key == "Name" and data[key] == PLACEHOLDER_NAME):
+            data[key] = value
+    data.setdefault("Name", PLACEHOLDER_NAME)
     data.setdefault("BIDSVersion", BIDS_VERSION)
     data.setdefault("DatasetType", "raw")
     others = [g for g in data.get("GeneratedBy", []) if g.get("Name") != "bidsapp"]
@@ -364,8 +465,11 @@ def _task_files(store: Store, targets: list[tuple[Target, dict[str, Any]]]) -> N
         )
 
 
-def _index(store: Store, targets: list[tuple[Target, dict[str, Any]]]) -> None:
-    """derivatives/bidsapp/log/index.html: every job's state and report, and what differs."""
+def _index(
+    store: Store, targets: list[tuple[Target, dict[str, Any]]], validation: Validation
+) -> None:
+    """derivatives/bidsapp/.log/index.html: every job's state and report, what differs, and
+    what the dataset's validation found."""
     entries = []
     published = {(t.label, t.session) for t, _ in targets}
     for target, manifest in targets:
@@ -385,16 +489,12 @@ def _index(store: Store, targets: list[tuple[Target, dict[str, Any]]]) -> None:
         key = (record.get("label", ""), record.get("session", ""))
         if key in published:
             continue
-        job = f"sub-{key[0]}" + (f"_ses-{key[1]}" if key[1] else "")
+        job = SubjectSession(*key).job_name
         gate = _read_json(store, f".bidsapp/failed/{job}/gate.json")
         gate = gate or {"subject": key[0], "session": key[1], "failure": record.get("error_class")}
         entries.append(index_entry(gate, {}, str(record.get("state", "unknown")), ""))
     entries.sort(key=lambda e: (str(e["label"]), str(e["session"])))
-    store.write_bytes(INDEX, render_index(entries).encode())
-    text = "".join(f"{line}\n" for line in DERIVATIVE_IGNORES)
-    path = "derivatives/bidsapp/.bidsignore"
-    if not store.exists(path) or store.read_bytes(path).decode() != text:
-        store.write_bytes(path, text.encode())
+    store.write_bytes(INDEX, render_index(entries, validation.findings).encode())
 
 
 NIFTI_HEAD = 64 * 1024  # the validator reads NIfTI headers only; a cut .nii.gz validates
@@ -402,11 +502,12 @@ NIFTI_HEAD = 64 * 1024  # the validator reads NIfTI headers only; a cut .nii.gz 
 
 def _mirror(store: Store, dest: Path) -> None:
     """A remote dataset as the validator needs it: NIfTI files as their first 64 KB (Range),
-    everything else whole; bookkeeping and `log/` folders (which validators skip) left out."""
+    everything else whole; dot-folders (bookkeeping and records, which validators skip) left
+    out."""
     heads: list[tuple[str, Path]] = []
     whole: list[tuple[str, Path]] = []
     for n, (rel, entry) in enumerate(store.walk("")):
-        if rel.startswith(".bidsapp/") or "/log/" in f"/{rel}" or entry.skipped:
+        if any(part.startswith(".") for part in rel.split("/")[:-1]) or entry.skipped:
             continue
         local = dest / rel
         if dest not in local.parents:  # the store's own names; never let one climb out
@@ -418,7 +519,8 @@ def _mirror(store: Store, dest: Path) -> None:
         local.write_bytes(store.read_head(rel, NIFTI_HEAD))
 
 
-def _validate(store: Store, work_dir: Path) -> int:
+def _validate(store: Store, work_dir: Path) -> tuple[Validation, str]:
+    """The validator on the whole dataset, derivatives included (-r), and where its report is."""
     if isinstance(store, LocalStore):
         return _validate_folder(Path(store.root), Path(store.root) / ".bidsapp", store)
     work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -429,10 +531,10 @@ def _validate(store: Store, work_dir: Path) -> int:
         return _validate_folder(dataset, Path(tmp), store)
 
 
-def _validate_folder(dataset: Path, report_dir: Path, store: Store) -> int:
+def _validate_folder(dataset: Path, report_dir: Path, store: Store) -> tuple[Validation, str]:
     report = report_dir / "group-validation.json"
     try:
-        findings, _ = validate(dataset, report, recursive=True)
+        result = validate(dataset, report, recursive=True)
     except (ToolFailed, ValueError, OSError) as exc:
         # Gates fail closed: a validator that cannot run is a failed validation.
         raise ValidationFailed(f"the BIDS validator could not run: {exc}") from exc
@@ -440,13 +542,4 @@ def _validate_folder(dataset: Path, report_dir: Path, store: Store) -> int:
     if not isinstance(store, LocalStore):
         store.write_bytes(".bidsapp/group-validation.json", report.read_bytes())
         where = f"{store.describe()}/.bidsapp/group-validation.json"
-    errors = [f for f in findings if f.severity == "error"]
-    warnings = sum(f.severity == "warning" for f in findings)
-    logger.info("dataset validation: {} errors, {} warnings", len(errors), warnings)
-    if errors:
-        codes = sorted({f.code for f in errors})
-        raise ValidationFailed(
-            f"the dataset fails BIDS validation ({len(errors)} errors: {', '.join(codes)})",
-            hint=f"see {where}",
-        )
-    return 0
+    return result, where

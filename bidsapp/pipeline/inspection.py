@@ -22,6 +22,7 @@ from bidsapp.pipeline.series import SeriesRow
 from bidsapp.pipeline.stage import stage
 from bidsapp.pipeline.subjects import from_folder_names, read_map, select
 from bidsapp.privacy.phi import Identifiers
+from bidsapp.settings import Settings
 from bidsapp.stores import open_store
 
 COLUMNS = ("session", "series", "description", "image_type", "dims", "tr", "te", "files", "bids")
@@ -36,10 +37,12 @@ def run_inspect(
     overrides: Path | None,
     fmt: str,
     work_dir: Path | None,
+    settings: Settings | None = None,
 ) -> int:
-    """Print each series of one exam and the BIDS name it gets, or why it is skipped."""
+    """Print each series of one exam and the BIDS name it gets, or why it is skipped
+    (`settings`: the Drive credentials and rate, when not the defaults)."""
     heuristic = load_heuristic(heuristic_spec, overrides)
-    store = open_store(source)
+    store = open_store(source, settings=settings)
     subjects = read_map(subject_map) if subject_map else from_folder_names(store)
     records: list[dict[str, object]] = []
     root = (work_dir or Path(tempfile.gettempdir()) / "bidsapp").absolute()

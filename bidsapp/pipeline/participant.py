@@ -45,7 +45,7 @@ from bidsapp.privacy.phi import Identifiers
 from bidsapp.privacy.profiles import date_offset, dicom_seed, load_secret
 from bidsapp.report.subject import write_subject_report
 from bidsapp.settings import Settings
-from bidsapp.stores import Store
+from bidsapp.stores import Store, is_remote
 from bidsapp.timing import Timings
 from bidsapp.tools import versions
 
@@ -286,7 +286,7 @@ class Job:
         if self.json_log is not None and self.json_log.error is not None:
             raise LocalIOError(f"cannot write the job's log: {self.json_log.error.strerror}")
         (local["deriv"] / "log.jsonl").write_text(
-            _redacted_log(work / "log.jsonl", self.ids), encoding="utf-8"
+            _redacted_log(work / "log.jsonl", self.ids, local_paths(settings)), encoding="utf-8"
         )
 
         manifest = {
@@ -301,7 +301,7 @@ class Job:
             "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "set_aside": [s["series_id"] for s in report.set_aside],
         }
-        with self.output.lock(f"sub-{subject.label}"):
+        with self.output.lock(self.target.subject.prefix):
             repair(self.output, self.target)
             published = self._timed(
                 "publish", lambda: publish(self.output, self.target, local, manifest)
@@ -319,17 +319,19 @@ class Job:
     def _up_to_date(self, fingerprint_: str) -> bool:
         """Repair what an interrupted run left, then ask the manifest whether work remains."""
         if not self.settings.dry_run:
-            with self.output.lock(f"sub-{self.subject.label}"):
+            with self.output.lock(self.target.subject.prefix):
                 for action in repair(self.output, self.target):
                     self.log.warning("repaired OUTPUT: {}", action)
         manifest = published_manifest(self.output, self.target, deep=self.settings.verify)
         if not manifest or self.settings.force or not _same(manifest, fingerprint_, self.settings):
             return False
         self.log.info("published and up to date: nothing to do")
-        if not self.settings.dry_run:
+        if not self.settings.dry_run and self.status.load(self.output).get("state") != "published":
+            # the subject is published: a record left 'failed' or 'started' by a later run
+            # that stopped early would say otherwise (a record already right is not rewritten)
             self.status.exit_code = 0
             self.status.set_aside = len(manifest.get("set_aside") or [])
-            self.status.save(self.output, "skipped")
+            self.status.save(self.output, "published")
         return True
 
     def _deidentify(self, staged: StagedExam, bids_root: Path, work: Path) -> dict[str, Any]:
@@ -340,7 +342,7 @@ class Job:
         report: dict[str, Any] = {"profile": "none", "dates": settings.dates}
         if settings.deid_profile != "none":
             result = deidentify(
-                bids_root / f"sub-{label}",
+                bids_root / self.target.subject.folder,
                 self.ids,
                 profile_name=settings.deid_profile,
                 dates=settings.dates,
@@ -348,7 +350,7 @@ class Job:
             )
             report = result.to_json()
         if settings.deface_cmd:  # faces are not header text: defaced whatever the profile
-            report["defaced"] = deface(bids_root / f"sub-{label}", settings.deface_cmd)
+            report["defaced"] = deface(bids_root / self.target.subject.folder, settings.deface_cmd)
         if settings.sourcedata:
             dest = work / "sourcedata" / self.target.data
             seed = dicom_seed(label, secret or load_secret(settings.date_secret))
@@ -417,7 +419,7 @@ class Job:
         status.exit_code, status.error_class, status.retryable = code, error_class, retryable
         status.save(self.output, "failed")
         if self.work is not None and not self.settings.dry_run:
-            _save_failed_log(self.output, self.subject, self.work, self.ids)
+            _save_failed_log(self.output, self.subject, self.work, self.ids, self.settings)
 
 
 def _same(manifest: dict[str, Any], fp: str, settings: Settings) -> bool:
@@ -439,10 +441,20 @@ def _options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _redacted_log(src: Path, ids: Identifiers) -> str:
-    """The job's log so far, redacted again with every identifier now known."""
+def _redacted_log(src: Path, ids: Identifiers, paths: logs.LocalPaths) -> str:
+    """The job's log so far, redacted again with every identifier now known, and without
+    this machine's paths (it is published)."""
     lines = src.read_text(encoding="utf-8").splitlines() if src.exists() else []
-    return "".join(ids.redact(line) + "\n" for line in lines)
+    return "".join(paths(ids.redact(line)) + "\n" for line in lines)
+
+
+def local_paths(settings: Settings) -> logs.LocalPaths:
+    """What a published log says instead of this machine's SOURCE, OUTPUT and work dir."""
+    named = {str(settings.work_dir): "WORK_DIR"}
+    for location, name in ((settings.source, "SOURCE"), (settings.output, "OUTPUT")):
+        if location and not is_remote(location):
+            named[str(Path(location).expanduser().absolute())] = name
+    return logs.LocalPaths(named)
 
 
 def _save_failure(output: Store, subject: Subject, ids: Identifiers, report: GateReport) -> str:
@@ -452,8 +464,10 @@ def _save_failure(output: Store, subject: Subject, ids: Identifiers, report: Gat
     return f"{output.describe()}/{path}"
 
 
-def _save_failed_log(output: Store, subject: Subject, work: Path, ids: Identifiers) -> None:
+def _save_failed_log(
+    output: Store, subject: Subject, work: Path, ids: Identifiers, settings: Settings
+) -> None:
     """The failed job's redacted log beside its GateReport, best effort."""
     with contextlib.suppress(BidsAppError, OSError):
-        text = _redacted_log(work / "log.jsonl", ids)
+        text = _redacted_log(work / "log.jsonl", ids, local_paths(settings))
         output.write_bytes(f".bidsapp/failed/{subject.job_name}/log.jsonl", text.encode())

@@ -21,6 +21,7 @@ from typing import Any
 
 from loguru import logger
 
+from bidsapp.bids import SubjectSession
 from bidsapp.errors import UsageError
 from bidsapp.stores import Store
 
@@ -48,31 +49,27 @@ FAULT_POINTS = (
 )
 MANIFEST = "manifest.json"
 DERIVATIVE = "derivatives/bidsapp"
-INDEX = f"{DERIVATIVE}/log/index.html"
+# Reports, gate verdicts, manifests and job logs: not BIDS files, so in folders the validator
+# never looks into. With -r it validates derivatives/bidsapp as a dataset of its own, reads no
+# .bidsignore there and reports anything outside the schema (a `log/` folder, an .html) as an
+# error; of the folders it skips in every dataset (`code/`, `sourcedata/`, `stimuli/`, and
+# names starting with a dot), a dot-folder is the one that claims to be nothing BIDS defines.
+RECORDS = ".log"
+INDEX = f"{DERIVATIVE}/{RECORDS}/index.html"
 PENDING = "pending-manifest.json"
 
 
-@dataclass(frozen=True)
-class Target:
-    """Where one job's output goes in OUTPUT."""
-
-    label: str
-    session: str = ""
-
-    @property
-    def tag(self) -> str:
-        return self.label + (f"-{self.session}" if self.session else "")
+@dataclass(frozen=True, order=True)
+class Target(SubjectSession):
+    """A job's (subject, session), with the places in OUTPUT its publication owns."""
 
     @property
     def data(self) -> str:
-        return f"sub-{self.label}" + (f"/ses-{self.session}" if self.session else "")
+        return self.folder
 
     @property
     def deriv(self) -> str:
-        # Under `log/`, which the BIDS validator ignores at any depth: with `-r` it validates
-        # derivatives/bidsapp as a dataset of its own and reads no .bidsignore there (3.0.2),
-        # so report.html, figures and JSON records anywhere else would be errors.
-        return f"{DERIVATIVE}/{self.data}/log"
+        return f"{DERIVATIVE}/{self.folder}/{RECORDS}"
 
     @property
     def manifest(self) -> str:
@@ -80,7 +77,7 @@ class Target:
 
     @property
     def source(self) -> str:
-        return f"sourcedata/{self.data}"
+        return f"sourcedata/{self.folder}"
 
     @property
     def parts(self) -> tuple[tuple[str, str], ...]:
@@ -170,7 +167,7 @@ def repair(store: Store, target: Target) -> list[str]:
         incoming, replaced = f".bidsapp/incoming/{run}", f".bidsapp/replaced/{run}"
         if not store.exists(f"{incoming}/{PENDING}"):
             # The upload never finished; the published copy was never touched.
-            store.remove(incoming)
+            store.remove(incoming, purge=True)
             actions.append("dropped an unfinished upload")
             continue
         for part, path in target.parts:
@@ -186,7 +183,7 @@ def repair(store: Store, target: Target) -> list[str]:
             store.move(f"{incoming}/{part}", path)
         store.write_bytes(target.manifest, store.read_bytes(f"{incoming}/{PENDING}"))
         store.remove(replaced)
-        store.remove(incoming)
+        store.remove(incoming, purge=True)
         actions.append("finished an interrupted publish")
     for run in _runs(store, ".bidsapp/replaced", target.tag):
         store.remove(f".bidsapp/replaced/{run}")
@@ -198,7 +195,7 @@ def check_layout(store: Store, target: Target) -> None:
     """A subject is published either whole or by session, never both: a session-less publish
     would move every session of the subject aside, and a session beside session-less data
     makes a dataset no BIDS tool reads."""
-    subject = f"sub-{target.label}"
+    subject = SubjectSession(target.label).folder
     if not store.exists(subject):
         return
     entries = store.list(subject)
@@ -259,7 +256,7 @@ def publish(
         # Nothing was swapped in yet: free what the upload took (a full OUTPUT disk must leave
         # room for the status record), best effort; a rerun's repair drops anything left.
         with contextlib.suppress(Exception):
-            store.remove(incoming)
+            store.remove(incoming, purge=True)
         raise
     fault("pending")
 
@@ -275,7 +272,7 @@ def publish(
         fault("moved-data" if n == 0 else "moved")
     store.write_bytes(target.manifest, json.dumps(manifest, indent=2).encode() + b"\n")
     fault("manifest")
-    store.remove(replaced)
-    store.remove(incoming)
+    store.remove(replaced)  # the trash keeps the old version 30 days (Drive)
+    store.remove(incoming, purge=True)  # by now only the pending manifest
     fault("cleaned")
     return manifest

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bidsapp.bids import SubjectSession
 from bidsapp.errors import BidsAppError
 from bidsapp.pipeline.owner import Owner
 from bidsapp.pipeline.publish import Target, published_manifest
@@ -38,8 +39,15 @@ class StatusRecord:
 
     @property
     def path(self) -> str:
-        name = f"sub-{self.label}" + (f"_ses-{self.session}" if self.session else "")
-        return f".bidsapp/status/{name}.json"
+        return f".bidsapp/status/{SubjectSession(self.label, self.session).job_name}.json"
+
+    def load(self, store: Store) -> dict[str, Any]:
+        """The record this job's subject has in `store` now ({} when none or unreadable)."""
+        try:
+            data = json.loads(store.read_bytes(self.path)) if store.exists(self.path) else {}
+        except (BidsAppError, OSError, json.JSONDecodeError, UnicodeDecodeError):
+            return {}
+        return data if isinstance(data, dict) else {}
 
     def save(self, store: Store, state: str | None = None) -> None:
         """Record a state; a status that cannot be written never fails the job by itself."""
@@ -107,12 +115,14 @@ def print_status(
     if as_json:
         print(json.dumps(rows, indent=2))
         return 0
+    print("participant\tsession\tstate\texit\tnote")
     for r in rows:
-        ses = f"ses-{r['session']}" if r["session"] else "-"
+        job = SubjectSession(r["label"], r["session"])
         code = "-" if r["exit_code"] is None else r["exit_code"]
         error = r["error_class"] + (" (retryable)" if r["retryable"] else "")
         if r.get("set_aside"):
             error = f"{r['set_aside']} series set aside (validation)"
         state = r["state"] + (" (process gone)" if r.get("process_gone") else "")
-        print(f"sub-{r['label']}\t{ses}\t{state}\t{code}\t{error}")
+        session = f"ses-{job.session}" if job.session else "-"
+        print(f"sub-{job.label}\t{session}\t{state}\t{code}\t{error}")
     return 0

@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from bidsapp.bids import SubjectSession
 from bidsapp.errors import NoSubjectSelected, UsageError
 from bidsapp.stores import Store
 
@@ -48,9 +49,14 @@ class Subject:
     """The map says the exam's studies are one person even if their patient IDs differ."""
 
     @property
+    def job(self) -> SubjectSession:
+        """The (subject, session) this row's job converts."""
+        return SubjectSession(self.label, self.session)
+
+    @property
     def job_name(self) -> str:
         """A PHI-free name for the job: sub-01 or sub-01_ses-2."""
-        return f"sub-{self.label}" + (f"_ses-{self.session}" if self.session else "")
+        return self.job.job_name
 
     @property
     def exam_folder_name(self) -> str:
@@ -70,6 +76,12 @@ def read_map(path: Path) -> list[Subject]:
     except FileNotFoundError as exc:
         raise UsageError(
             f"subject map {path} does not exist", hint="create it with 'bidsapp subjects'"
+        ) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+        raise UsageError(
+            f"cannot read the subject map {path}: {reason}",
+            hint="check the path and that you may read it",
         ) from exc
     rows = list(csv.reader(io.StringIO(text), delimiter="\t"))
     if not rows or tuple(c.strip() for c in rows[0][:3]) != HEADER:

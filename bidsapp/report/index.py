@@ -2,7 +2,7 @@
 
 ``group`` builds one entry per published (or failed) subject with :func:`index_entry` from the
 subject's gate.json and sidecars, then writes :func:`render_index`'s page as
-``derivatives/bidsapp/log/index.html``. Differences are worth a page of their own because a subject
+``derivatives/bidsapp/.log/index.html``. Differences are worth a page of their own because a subject
 scanned with another protocol (a BOLD run with another TR, a T1w with another matrix) converts
 and validates cleanly, and is only caught by comparing subjects.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from bidsapp.report.subject import TIMES, bids_stem, esc, fmt, page, table
@@ -238,8 +239,44 @@ def _differences_table(diffs: list[tuple[str, str, list[tuple[Any, list[str]]]]]
     return table(["series kind", "parameter", "values and subjects"], rows)
 
 
-def render_index(subjects: list[dict[str, Any]]) -> str:
-    """The dataset index page (HTML) from :func:`index_entry` dicts, in the order given."""
+EXAMPLES = 5  # locations shown per validator finding; the rest are counted
+
+
+def _validation_section(findings: Sequence[Any]) -> str:
+    """The dataset's own validator findings (group, with -r), one row per code: errors first,
+    how many, what it means, and where (a few places, then a count)."""
+    if not findings:
+        return "<p>The BIDS validator found nothing to report on the whole dataset.</p>"
+    groups: dict[tuple[str, str, str], list[Any]] = {}
+    for f in findings:
+        code = f.code + (f" ({f.sub_code})" if f.sub_code else "")
+        groups.setdefault((f.severity, code, f.dataset or "/"), []).append(f)
+    rows = []
+    order = {"error": 0, "warning": 1}
+    for (severity, code, dataset), items in sorted(
+        groups.items(), key=lambda kv: (order.get(kv[0][0], 2), kv[0][2], kv[0][1])
+    ):
+        places = sorted({str(f.location) for f in items if f.location})
+        shown = ", ".join(f"<code>{esc(p)}</code>" for p in places[:EXAMPLES])
+        more = len(places) - EXAMPLES
+        where = shown + (f' <span class="muted">and {more} more</span>' if more > 0 else "")
+        cls = "bad" if severity == "error" else "warn"
+        rows.append(
+            [
+                f'<span class="badge {cls}">{esc(severity)}</span>',
+                f"<code>{esc(code)}</code>",
+                esc(dataset),
+                str(len(items)),
+                esc(items[0].meaning or items[0].message),
+                where or '<span class="muted">the dataset</span>',
+            ]
+        )
+    return table(["severity", "code", "dataset", "findings#", "meaning", "where"], rows)
+
+
+def render_index(subjects: list[dict[str, Any]], findings: Sequence[Any] = ()) -> str:
+    """The dataset index page (HTML) from :func:`index_entry` dicts, in the order given, and
+    the whole dataset's validator findings (:class:`bidsapp.pipeline.gate.Finding`)."""
     diffs = differences(subjects)
     states = Counter(str(e.get("state", "")) for e in subjects)
     state_text = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
@@ -254,5 +291,9 @@ def render_index(subjects: list[dict[str, Any]]) -> str:
         '<p class="note">Compared per series kind (the file name without subject, session and '
         "run); the most common value is listed first.</p>"
         f"{_differences_table(diffs)}"
+        "<h2>Dataset validation</h2>"
+        '<p class="note">What the BIDS validator said about the whole dataset (derivatives '
+        "included), grouped by code; each subject's own findings are in its report.</p>"
+        f"{_validation_section(findings)}"
     )
     return page("bidsapp dataset report", body, "bidsapp dataset report")

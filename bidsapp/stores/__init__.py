@@ -25,16 +25,27 @@ def is_remote(location: str) -> bool:
 
 
 def open_store(
-    location: str, *, for_output: bool = False, settings: Settings | None = None
+    location: str,
+    *,
+    for_output: bool = False,
+    role: str = "",
+    create: bool = True,
+    settings: Settings | None = None,
 ) -> Store:
     """The store for a SOURCE or OUTPUT location given on the command line.
 
-    A SOURCE is opened read-only (on Drive: with the read-only scope).
+    `for_output` opens OUTPUT to write (a missing last folder is created unless not `create`);
+    anything else is
+    opened read-only (on Drive: with the read-only scope). `role` names the location in
+    messages: "OUTPUT" for an OUTPUT only read (status, --dry-run, pull), else from `for_output`.
     """
     from bidsapp.stores.local import LocalStore
 
+    role = role or ("OUTPUT" if for_output else "SOURCE")
     if is_remote(location):
         from bidsapp.stores.drive import open_drive
 
-        return open_drive(location, for_output=for_output, settings=settings)
-    return LocalStore(Path(location), create=for_output)
+        return open_drive(
+            location, for_output=for_output, role=role, create=create, settings=settings
+        )
+    return LocalStore(Path(location), create=for_output and create, role=role)

@@ -11,7 +11,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from bidsapp.stores.progress import Progress
 
 
 def md5_of(stream: BinaryIO) -> str:
@@ -64,8 +67,16 @@ class Store(Protocol):
     def download(self, path: str, dest: Path) -> str:
         """Copy a file to a local path; returns its md5 (verified against the store's)."""
 
-    def download_many(self, items: Sequence[tuple[str, Path]]) -> builtins.list[str]:
-        """Download many (path, local path) pairs, in parallel where the store gains by it."""
+    def download_many(
+        self,
+        items: Sequence[tuple[str, Path]],
+        *,
+        progress: Progress | None = None,
+        copy: bool = False,
+    ) -> builtins.list[str]:
+        """Download many (path, local path) pairs, in parallel where the store gains by it;
+        counted on `progress` when given (else a "staging" bar of their own). `copy`: bytes
+        of their own, never a link to the store's file (a copy someone may edit)."""
 
     def read_head(self, path: str, size: int) -> bytes:
         """The first `size` bytes of a file (a NIfTI header without the image)."""
@@ -99,8 +110,10 @@ class Store(Protocol):
     def move(self, src: str, dst: str) -> None:
         """Move a file or folder; the parent of `dst` must exist and `dst` must not."""
 
-    def remove(self, path: str) -> None:
-        """Delete a file or a whole folder; no error when it is missing."""
+    def remove(self, path: str, *, purge: bool = False) -> None:
+        """Delete a file or a whole folder; no error when it is missing. On Drive it goes to
+        the trash (30 days to undo); `purge`, for bookkeeping nobody needs back (lock files,
+        a finished upload folder), deletes it outright where the identity may."""
 
     def lock(self, name: str) -> AbstractContextManager[None]:
         """An exclusive lock named `name` under .bidsapp/locks, held for the block."""

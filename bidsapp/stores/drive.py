@@ -49,6 +49,7 @@ from bidsapp.stores.drive_api import (
     EMPTY_MD5,
     FILE_FIELDS,
     FOLDER,
+    SA_STORAGE_HINT,
     SHORTCUT,
     DriveClient,
     DriveNotFound,
@@ -114,7 +115,14 @@ def parse_location(location: str) -> tuple[str, str]:
     )
 
 
-def open_drive(location: str, *, for_output: bool, settings: Settings | None) -> DriveStore:
+def open_drive(
+    location: str,
+    *,
+    for_output: bool,
+    role: str = "",
+    create: bool = True,
+    settings: Settings | None,
+) -> DriveStore:
     """The store for a gdrive: SOURCE (read-only scope) or OUTPUT."""
     options = DriveOptions.from_settings(settings)
     root, path = parse_location(location)
@@ -124,7 +132,16 @@ def open_drive(location: str, *, for_output: bool, settings: Settings | None) ->
     client = DriveClient(identity, pacer, url=drive_url())
     if root == "root" and path.split("/")[0].casefold() == SHARED_DRIVES.casefold():
         root, path = shared_drive_root(client, location, path)
-    return DriveStore(client, location, root, path, for_output=for_output, options=options)
+    return DriveStore(
+        client,
+        location,
+        root,
+        path,
+        for_output=for_output,
+        role=role,
+        create=create,
+        options=options,
+    )
 
 
 def shared_drive_root(client: DriveClient, location: str, path: str) -> tuple[str, str]:
@@ -183,18 +200,21 @@ class DriveStore:
         path: str = "",
         *,
         for_output: bool = False,
+        role: str = "",
+        create: bool = True,
         options: DriveOptions | None = None,
     ) -> None:
         self.client, self.location = client, location
         self.options = options or DriveOptions()
         self.writable = for_output
-        self._role = "OUTPUT" if for_output else "SOURCE"
+        self._role = role or ("OUTPUT" if for_output else "SOURCE")
         self._lock = threading.Lock()
         self._dirs: dict[str, str] = {}
         self._files: dict[str, dict[str, Any]] = {}
         # folder id → name → what this store created there: every child, for folders it made
         self._owned: dict[str, dict[str, dict[str, Any]]] = {}
         self._warned: set[str] = set()
+        self._may_delete: bool | None = None  # known after the first purge
         try:
             root = client.get(root_id, "opening the folder")
         except DriveNotFound as exc:
@@ -202,12 +222,42 @@ class DriveStore:
         if not _is_folder(root):
             raise LocationNotFound(f"{self._role} {location} is not a folder")
         self.drive_id = str(root.get("driveId", ""))
+        if for_output and not self.drive_id and client.identity.kind == "service account":
+            # it could not own a single file there: say so now, not after converting
+            raise OutputNotWritable(
+                f"OUTPUT {location} is in a My Drive, where the {client.describe_identity()} "
+                "cannot create files",
+                hint=SA_STORAGE_HINT,
+            )
         self._dirs[""] = root["id"]
-        try:
-            self.root_id = self._folder(path, create=for_output)
-        except DriveNotFound as exc:
-            raise self._not_found(location) from exc
+        self.root_id = self._open_root(location, path, create=create and for_output)
         self._dirs = {"": self.root_id}
+
+    def _open_root(self, location: str, path: str, *, create: bool) -> str:
+        """The folder at `path`. A missing OUTPUT is made only when its parent exists (a
+        mistyped path fails instead of growing a new tree), and the job says so."""
+        try:
+            return self._folder(path)
+        except DriveNotFound as exc:
+            parts = self._split(path)
+            if self._role != "OUTPUT" or not parts:
+                raise self._not_found(location) from exc
+            try:
+                self._folder("/".join(parts[:-1]))
+            except DriveNotFound:
+                missing = self._not_found(location)
+                missing.hint = (
+                    f"bidsapp creates OUTPUT's last folder only ({parts[-1]!r}), in a folder that "
+                    "exists: check the path for a typo, or create the folders above it"
+                )
+                raise missing from exc
+            if not create:
+                missing = LocationNotFound(f"OUTPUT {location} does not exist yet")
+                missing.creatable = True
+                raise missing from exc
+        made = self._folder(path, create=True)
+        logger.info("OUTPUT {} did not exist: created it in its parent folder", location)
+        return made
 
     def _not_found(self, where: str) -> LocationNotFound:
         return LocationNotFound(
@@ -532,11 +582,20 @@ class DriveStore:
     def download(self, path: str, dest: Path) -> str:
         return self.download_many([(path, dest)])[0]
 
-    def download_many(self, items: Sequence[tuple[str, Path]]) -> builtins.list[str]:
-        """Download in parallel (one Http per worker thread), each verified against its md5."""
+    def download_many(
+        self,
+        items: Sequence[tuple[str, Path]],
+        *,
+        progress: Progress | None = None,
+        copy: bool = True,
+    ) -> builtins.list[str]:
+        """Download in parallel (one Http per worker thread), each verified against its md5
+        (always a copy of its own, whatever `copy` says)."""
         metas = [self._resolve(path) for path, _ in items]
         total = sum(int(m.get("size") or 0) for m in metas)
-        with Progress("staging", len(items), total) as progress:
+        with contextlib.ExitStack() as stack:
+            if progress is None:
+                progress = stack.enter_context(Progress("staging", len(items), total))
             return self._in_parallel(
                 [
                     partial(self._fetch_file, meta, dest, progress)
@@ -692,16 +751,38 @@ class DriveStore:
             "merging a duplicate folder",
         )
 
-    def remove(self, path: str) -> None:
+    def remove(self, path: str, *, purge: bool = False) -> None:
         try:
             meta = self._resolve(path)
         except LocationNotFound:
             return
-        self._trash(str(meta["id"]))
+        (self._purge if purge else self._trash)(str(meta["id"]))
         self._forget(path)
 
+    def _purge(self, file_id: str) -> None:
+        """Delete outright (bookkeeping: left in the trash, it piles up, two lock files and an
+        upload folder per job). Only a shared drive's Managers, or a file's owner in a My
+        Drive, may: the first refusal makes this store trash from then on (Content managers
+        may trash, nothing more)."""
+        if self._may_delete is not False:
+            self._disown(file_id)
+            try:
+                self.client.execute(
+                    lambda s: s.files().delete(fileId=file_id, supportsAllDrives=True),
+                    "deleting bookkeeping",
+                )
+                self._may_delete = True
+                return
+            except DriveNotFound:
+                return
+            except OutputNotWritable:
+                self._may_delete = False
+                logger.debug("this identity may trash but not delete: bookkeeping goes to trash")
+        self._trash(file_id)
+
     def _trash(self, file_id: str) -> None:
-        # Trash, not delete: Content managers of a shared drive may trash but not purge.
+        # Trash, not delete: 30 days to undo (a replaced publication), and all Content
+        # managers of a shared drive may do.
         self._disown(file_id)
         with contextlib.suppress(DriveNotFound):
             self.client.execute(
@@ -746,7 +827,7 @@ class DriveStore:
                 for other in live:
                     if other is not me and _time(other["modifiedTime"]).timestamp() < cutoff:
                         logger.warning("removing a stale lock left by a job that died")
-                        self._trash(other["id"])
+                        self._purge(other["id"])
                 live = [
                     m for m in live if m is me or _time(m["modifiedTime"]).timestamp() >= cutoff
                 ]
@@ -765,7 +846,7 @@ class DriveStore:
             stop.set()
             beat.join(timeout=30)
             with contextlib.suppress(Exception):
-                self._trash(mine)
+                self._purge(mine)
             with self._lock:
                 self._dirs = {"": self.root_id}
                 self._owned.clear()

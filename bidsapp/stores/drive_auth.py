@@ -117,8 +117,16 @@ def _user(info: dict[str, Any], scopes: list[str]) -> user_credentials.Credentia
 
 
 def refresh_failure(exc: RefreshError, identity: Identity) -> CredentialsError:
-    """The 77 error for a token that can no longer be refreshed."""
-    text = str(exc)
+    """The 77 error for a token that can no longer be refreshed: one sentence (google-auth's
+    own str() is a tuple of the message and the raw response)."""
+    text = str(exc.args[0]) if exc.args else str(exc)
+    if "invalid_scope" in text:
+        asked = getattr(identity.credentials, "scopes", None) or ()
+        need = "full Drive access, which publishing needs" if FULL in asked else "Drive access"
+        return CredentialsError(
+            f"the {identity.describe()} was not granted {need}",
+            hint="run 'bidsapp auth login' again (without --readonly to publish into OUTPUT)",
+        )
     if "invalid_grant" in text and identity.kind == "user":
         return CredentialsError(f"Google refused the user token in {identity.origin}", TESTING_HINT)
     if "invalid_grant" in text:
@@ -126,7 +134,8 @@ def refresh_failure(exc: RefreshError, identity: Identity) -> CredentialsError:
             f"Google refused the credentials of the {identity.describe()}",
             hint="the key was deleted or disabled: create a new key for the service account",
         )
-    return CredentialsError(f"cannot get a Google access token: {text.splitlines()[0][:200]}")
+    first = (text.splitlines() or ["no reason given"])[0][:200]
+    return CredentialsError(f"cannot get a Google access token: {first}")
 
 
 def write_token(path: Path, creds: user_credentials.Credentials) -> None:

@@ -13,8 +13,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
+from loguru import logger
+
 from bidsapp.errors import LocalIOError, LocationNotFound, OutputNotWritable
 from bidsapp.stores.base import Entry, Store, md5_of
+from bidsapp.stores.progress import Progress
 
 
 def file_md5(path: Path) -> str:
@@ -54,19 +57,28 @@ def _link(src: Path, dest: Path) -> bool:
 class LocalStore:
     """A folder on disk; every path is checked to stay inside it."""
 
-    def __init__(self, root: Path, *, create: bool = False) -> None:
+    def __init__(self, root: Path, *, create: bool = False, role: str = "") -> None:
         self.root = root.expanduser().absolute()
-        if create and not self.root.exists():
+        role = role or ("OUTPUT" if create else "SOURCE")
+        if role == "OUTPUT" and not self.root.exists():
             if not self.root.parent.is_dir():
-                raise LocationNotFound(f"the parent folder of OUTPUT {self.root} does not exist")
+                raise LocationNotFound(
+                    f"OUTPUT {self.root} was not found, nor its parent folder",
+                    hint="bidsapp creates OUTPUT's last folder only: check the path for a typo",
+                )
+            if not create:
+                missing = LocationNotFound(f"OUTPUT {self.root} does not exist yet")
+                missing.creatable = True
+                raise missing
             try:
                 self.root.mkdir()
             except OSError as exc:
                 raise OutputNotWritable(
                     f"cannot create OUTPUT {self.root}: {exc.strerror}"
                 ) from exc
+            logger.info("OUTPUT {} did not exist: created it in its parent folder", self.root)
         if not self.root.is_dir():
-            raise LocationNotFound(f"{self.root} is not an existing folder")
+            raise LocationNotFound(f"{role} {self.root} is not an existing folder")
 
     def describe(self) -> str:
         return str(self.root)
@@ -133,8 +145,23 @@ class LocalStore:
                 return ""
             return copy_hashed(src, dest)
 
-    def download_many(self, items: Sequence[tuple[str, Path]]) -> builtins.list[str]:
-        return [self.download(path, dest) for path, dest in items]
+    def download_many(
+        self,
+        items: Sequence[tuple[str, Path]],
+        *,
+        progress: Progress | None = None,
+        copy: bool = False,
+    ) -> builtins.list[str]:
+        md5s = []
+        for path, dest in items:
+            if copy:
+                with _reading(dest):
+                    md5s.append(copy_hashed(self._path(path), dest))
+            else:
+                md5s.append(self.download(path, dest))
+            if progress is not None:
+                progress.advance(dest.stat().st_size)
+        return md5s
 
     def read_head(self, path: str, size: int) -> bytes:
         with self._path(path).open("rb") as fh:
@@ -177,7 +204,7 @@ class LocalStore:
         with _writing(target):
             os.rename(self._path(src), target)
 
-    def remove(self, path: str) -> None:
+    def remove(self, path: str, *, purge: bool = False) -> None:
         target = self._path(path)
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target, ignore_errors=False)

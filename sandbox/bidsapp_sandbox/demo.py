@@ -43,9 +43,19 @@ def _exams(root: Path) -> Path:
     return source
 
 
+IGNORE_ALL = (
+    "# Written by 'bidsapp demo': exam folders named after (made-up) patients, a service-account\n"
+    "# key and a date secret. Git ignores everything here, wherever this folder is.\n*\n"
+)
+
+
 def run_demo(root: Path, *, local: bool = False) -> int:
     """Build the demo under `root` and run the whole flow; returns the first failing exit code."""
     root = root.absolute()
+    root.mkdir(parents=True, exist_ok=True)
+    # Patient-like names, a key and a secret: made never to be committed by accident (as a
+    # virtual environment or pytest's cache ignore themselves), even inside a clone.
+    (root / ".gitignore").write_text(IGNORE_ALL)
     source = _exams(root)
     return _run_local(root, source) if local else _run_drive(root, source)
 
@@ -103,7 +113,7 @@ def _run_drive(root: Path, source: Path) -> int:
         print(f"{'    ' * (len(parts) - 1)}{parts[-1]}")
         (copy / rel).parent.mkdir(parents=True, exist_ok=True)
         (copy / rel).write_bytes(tree[rel])
-    print(f"\na local copy is in {copy}")
+    print(f"\na local copy is in {copy} (git ignores {root}: see its .gitignore)")
     return code or group
 
 

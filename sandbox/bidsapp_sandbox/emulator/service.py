@@ -17,6 +17,7 @@ from bidsapp_sandbox.emulator.metering import Meter
 from bidsapp_sandbox.emulator.model import FOLDER, SHORTCUT, FileRec, State
 from bidsapp_sandbox.emulator.resources import file_resource
 from bidsapp_sandbox.emulator.server import Context, EmulatorHTTPServer
+from bidsapp_sandbox.emulator.tokens import DRIVE as DRIVE_SCOPE
 from bidsapp_sandbox.emulator.tokens import TokenAuthority
 from bidsapp_sandbox.emulator.uploads import Sessions
 
@@ -165,9 +166,15 @@ class Emulator:
             self.api.state.root_of(email)
         return _write_secret(dest or self._default_path(email, "sa"), content)
 
-    def user_token(self, email: str = "lab@example.org", dest: Path | None = None) -> Path:
-        """Write an authorized-user token file (refresh token, client id/secret, token_uri)."""
-        content = self.tokens.user_token(email, self.token_uri)
+    def user_token(
+        self,
+        email: str = "lab@example.org",
+        dest: Path | None = None,
+        scopes: Sequence[str] = (DRIVE_SCOPE,),
+    ) -> Path:
+        """Write an authorized-user token file (refresh token, client id/secret, token_uri)
+        whose consent granted `scopes` (e.g. drive.readonly, as `auth login --readonly`)."""
+        content = self.tokens.user_token(email, self.token_uri, scopes)
         with self.api.lock:
             self.api.state.root_of(email)
         return _write_secret(dest or self._default_path(email, "user"), content)

@@ -13,7 +13,7 @@ import hashlib
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlencode, urlsplit
@@ -128,15 +128,18 @@ class TokenAuthority:
             "universe_domain": "googleapis.com",
         }
 
-    def user_token(self, email: str, token_uri: str) -> dict[str, Any]:
-        """An authorized-user file's content (what an OAuth consent flow leaves behind)."""
+    def user_token(
+        self, email: str, token_uri: str, scopes: Sequence[str] = (DRIVE,)
+    ) -> dict[str, Any]:
+        """An authorized-user file's content (what an OAuth consent flow leaves behind), its
+        refresh token granted `scopes`."""
         client_id = f"{secrets.token_hex(6)}.apps.googleusercontent.com"
         secret = secrets.token_urlsafe(18)
         refresh = "1//emu-" + secrets.token_urlsafe(32)
         with self.lock:
             self.clients[client_id] = secret
             self.refresh_tokens[refresh] = email
-            self.refresh_scopes[refresh] = [DRIVE]
+            self.refresh_scopes[refresh] = list(scopes)
             self.revoked.discard(email)
         return {
             "type": "authorized_user",
