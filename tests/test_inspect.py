@@ -80,3 +80,29 @@ def test_the_example_lab_heuristic_applies_its_rules(
         "sub-01_task-nback_bold",
         "skipped: skipped by overrides: test acquisition",
     ]
+
+
+def test_inspect_reads_a_drive_source_with_credentials(
+    tmp_path: Path, make_exam: MakeExam, bidsapp: RunCli
+) -> None:
+    """`--credentials` as on every other command: the key, not the environment, signs in."""
+    from bidsapp_sandbox.emulator import Emulator
+
+    make_exam("01", series=DEFAULT_SERIES)
+    sa = "bidsapp@proj.iam.gserviceaccount.com"
+    with Emulator() as emu:
+        key = emu.service_account(sa, dest=tmp_path / "sa.json")
+        exams = emu.folder("exams", parent=emu.my_drive("lab@example.org"), owner="lab@example.org")
+        emu.upload_tree(tmp_path / "source", parent=exams, owner="lab@example.org")
+        emu.share(exams, sa, role="reader")
+        env = {"BIDSAPP_DRIVE_URL": emu.url, "GOOGLE_APPLICATION_CREDENTIALS": "/nonexistent"}
+        args = ("inspect", f"gdrive://{exams}", "--participant-label", "01", "--format", "tsv")
+        without = bidsapp(*args, env=env)
+        found = bidsapp(*args, "--credentials", key, env=env)
+    assert without.returncode == 77, without.stderr
+    assert found.returncode == 0, found.stderr
+    assert [ln.split("\t")[8] for ln in found.stdout.splitlines()[1:]] == [
+        "skipped: localizer",
+        "sub-01_T1w",
+        "sub-01_task-rest_bold",
+    ]
