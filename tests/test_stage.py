@@ -433,6 +433,23 @@ def test_unparseable_dates_are_blanked(tmp_path: Path, field: str, value: str) -
     assert blanked == len(bad)
 
 
+def test_unparseable_dates_are_blanked_in_implicit_vr_files(tmp_path: Path) -> None:
+    """Implicit VR Little Endian (older archives, PACS exports): the elements as read carry no
+    VR, so the date check takes the dictionary's."""
+    paths = _session(tmp_path / "src" / "exam")
+    with config.disable_value_validation():
+        for p in paths:
+            ds = pydicom.dcmread(p)
+            ds.StudyDate = "***"
+            ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+            ds.save_as(p, implicit_vr=True, little_endian=True)
+
+    result, work = _run(tmp_path)
+
+    assert result.repaired_dates == len(paths)
+    assert all(pydicom.dcmread(p).StudyDate in ("", None) for p in _staged(work))
+
+
 def test_valid_dates_are_untouched(tmp_path: Path) -> None:
     paths = _session(tmp_path / "src" / "exam", study_date="20231231", study_time="235959.123")
 

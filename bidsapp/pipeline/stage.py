@@ -6,6 +6,7 @@ paths, zip slip, control characters and patient names in file names cannot reach
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -23,6 +24,7 @@ from typing import IO, Any, BinaryIO
 
 import pydicom
 from pydicom import config
+from pydicom.datadict import dictionary_VR
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_partial
 from pydicom.tag import BaseTag
@@ -235,8 +237,10 @@ def _inspect(path: Path) -> _Inspected | str:
     verdict = _read_dicom(path)
     if isinstance(verdict, str):
         return verdict
-    ds = verdict
-    repaired = _repair_dates(ds)
+    ds, bad_dates = verdict
+    for tag in bad_dates:
+        ds[tag].value = ""
+    repaired = bool(bad_dates)
     if repaired:
         with warnings.catch_warnings(), config.disable_value_validation():
             warnings.simplefilter("ignore")
@@ -391,14 +395,15 @@ def _header_end(tag: BaseTag, vr: str | None, length: int) -> bool:
     return bool(tag.group > 0x0028)
 
 
-def _read_dicom(path: Path) -> pydicom.Dataset | str:
-    """The header, or why the file is not used: 'not DICOM …', 'DICOMDIR …' or 'corrupt …'."""
+def _read_dicom(path: Path) -> tuple[pydicom.Dataset, list[BaseTag]] | str:
+    """The header and its dates heudiconv cannot parse, or why the file is not used: 'not
+    DICOM …', 'DICOMDIR …' or 'corrupt …'."""
     magic = _has_dicom_magic(path)
     try:
         with path.open("rb") as fh, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom's value warnings can quote patient data
             ds = read_partial(fh, stop_when=_header_end, force=True)
-            _check_vrs(ds)
+            bad_dates = _bad_dates(ds)
             media_class = str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", ""))
             if media_class == DICOMDIR_UID or "DirectoryRecordSequence" in ds:
                 return "DICOMDIR (an index, not an image)"
@@ -409,7 +414,9 @@ def _read_dicom(path: Path) -> pydicom.Dataset | str:
         return "corrupt DICOM (unreadable header)" if magic else "not DICOM"
     except Exception as exc:  # pydicom raises many kinds on damaged input; all mean the same
         return f"corrupt DICOM ({type(exc).__name__})" if magic else "not DICOM"
-    return f"corrupt DICOM ({problem})" if problem else ds
+    if problem:
+        return f"corrupt DICOM ({problem})"
+    return ds, bad_dates
 
 
 def _pixels_end_the_file(fh: BinaryIO, ds: pydicom.Dataset, size: int, *, implicit: bool) -> bool:
@@ -496,25 +503,32 @@ def _raw_elements(ds: pydicom.Dataset) -> Iterator[tuple[BaseTag, str | None, ob
             yield tag, raw.VR, raw.value
 
 
-def _check_vrs(ds: pydicom.Dataset) -> None:
-    """A damaged element header (an unknown VR) makes the whole file corrupt."""
-    for tag, vr, _ in _raw_elements(ds):
-        if vr is not None and vr not in _KNOWN_VRS:
-            raise ValueError(f"unknown VR in {tag}")
-
-
-def _repair_dates(ds: pydicom.Dataset) -> bool:
-    """Blank DA/TM/DT values heudiconv cannot parse (e.g. '***'); True when changed.
+def _bad_dates(ds: pydicom.Dataset) -> list[BaseTag]:
+    """One pass over the elements as read: the DA/TM/DT values heudiconv cannot parse (e.g.
+    '***'); a damaged element header (an unknown VR) makes the whole file corrupt (ValueError).
 
     Only the header part staging reads (groups up to 0028: study, series, acquisition, content
-    and birth dates and times) is checked: that is where heudiconv parses dates.
+    and birth dates and times) is checked: that is where heudiconv parses dates. An implicit-VR
+    file's elements carry no VR: the dictionary's is used.
     """
-    changed = False
+    bad = []
     for tag, vr, value in _raw_elements(ds):
+        if vr is None and not tag.is_private:
+            with contextlib.suppress(KeyError):
+                vr = dictionary_VR(tag)
+        elif vr is not None and vr not in _KNOWN_VRS:
+            raise ValueError(f"unknown VR in {tag}")
         if vr not in ("DA", "TM", "DT") or value is None:
             continue
         text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
         if any(_bad_value(vr, v.strip(" \x00")) for v in text.split("\\")):
-            ds[tag].value = ""
-            changed = True
-    return changed
+            bad.append(tag)
+    return bad
+
+
+def _repair_dates(ds: pydicom.Dataset) -> bool:
+    """Blank the dates `_bad_dates` finds; True when any was."""
+    bad = _bad_dates(ds)
+    for tag in bad:
+        ds[tag].value = ""
+    return bool(bad)
