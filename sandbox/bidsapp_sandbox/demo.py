@@ -53,6 +53,7 @@ def run_demo(root: Path, *, local: bool = False) -> int:
     """Build the demo under `root` and run the whole flow; returns the first failing exit code."""
     root = root.absolute()
     root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o700)  # a key and a secret: readable by their owner only
     # Patient-like names, a key and a secret: made never to be committed by accident (as a
     # virtual environment or pytest's cache ignore themselves), even inside a clone.
     (root / ".gitignore").write_text(IGNORE_ALL)
@@ -98,23 +99,24 @@ def _run_drive(root: Path, source: Path) -> int:
         group = main([src, out, "group", *work])
         bids = next(m["id"] for m in emu.listing(drive) if m["name"] == "bids")
         tree = emu.tree(bids)
-    print(f"\nBIDS dataset on Drive ({out}):")
-    shown: set[str] = set()
-    copy = root / "bids"
-    for rel in sorted(tree):
-        parts = rel.split("/")
-        if parts[0] == ".bidsapp" or ".." in parts:
-            continue
-        for depth in range(len(parts) - 1):
-            folder = "/".join(parts[: depth + 1])
-            if folder not in shown:
-                shown.add(folder)
-                print(f"{'    ' * depth}{parts[depth]}/")
-        print(f"{'    ' * (len(parts) - 1)}{parts[-1]}")
-        (copy / rel).parent.mkdir(parents=True, exist_ok=True)
-        (copy / rel).write_bytes(tree[rel])
+        print(f"\nBIDS dataset on Drive ({out}):")
+        shown: set[str] = set()
+        for rel in sorted(tree):
+            parts = rel.split("/")
+            if parts[0] == ".bidsapp" or ".." in parts:
+                continue
+            for depth in range(len(parts) - 1):
+                folder = "/".join(parts[: depth + 1])
+                if folder not in shown:
+                    shown.add(folder)
+                    print(f"{'    ' * depth}{parts[depth]}/")
+            print(f"{'    ' * (len(parts) - 1)}{parts[-1]}")
+        # back to disk as a lab would get it: `bidsapp pull`, md5-verified, over HTTP
+        copy = root / "bids"
+        shutil.rmtree(copy, ignore_errors=True)
+        pulled = main(["pull", out, str(copy), "--drive-rps", "100", *creds])
     print(f"\na local copy is in {copy} (git ignores {root}: see its .gitignore)")
-    return code or group
+    return code or group or pulled
 
 
 def print_tree(root: Path, hide: tuple[str, ...] = (".bidsapp",)) -> None:
