@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -54,6 +55,8 @@ class Measure:
     peak_mb: float = 0.0
     code: int | None = None
     steps: dict[str, float] = field(default_factory=dict)
+    images: int = 0  # NIfTI files it wrote
+    error: str = ""  # the last error line of a run that failed
 
     def add(self, wall: float, peak: float, code: int) -> None:
         self.wall_s = min(self.wall_s, wall)
@@ -103,6 +106,9 @@ def bench_case(cases: Path, case: str, repeat: int) -> dict[str, Measure]:
                     argv_for(tool, cases, case, tmp), cwd=tmp, log=tmp / "log.txt"
                 )
                 m = results[tool]
+                m.images = sum(1 for _ in tmp.rglob("*.nii*"))
+                if code:
+                    m.error = _last_error(tmp / "log.txt")
                 if tool == "bidsapp" and wall < m.wall_s:
                     status = tmp / "output" / ".bidsapp" / "status" / "sub-01.json"
                     if status.is_file():
@@ -111,21 +117,34 @@ def bench_case(cases: Path, case: str, repeat: int) -> dict[str, Measure]:
     return results
 
 
-def report_case(case: str, files: int, res: dict[str, Measure]) -> bool:
-    """Print one case's table; True when bidsapp met both targets."""
+def _last_error(log: Path) -> str:
+    """The last line of a failed run's output that names an error (heudiconv's traceback)."""
+    lines = log.read_text(errors="replace").splitlines()
+    found = [ln.strip() for ln in lines if re.search(r"Error|error:|Exception", ln)]
+    return (found or lines or ["?"])[-1][:160]
+
+
+def report_case(case: str, files: int, res: dict[str, Measure]) -> bool | None:
+    """Print one case's table; True when bidsapp met both targets, None when there is no
+    baseline (convertall stops before it converts anything)."""
     b, h = res["bidsapp"], res["convertall"]
     allowed = FACTOR * h.wall_s + SLACK_S
     met = b.wall_s <= allowed and b.peak_mb <= PEAK_MB and b.code == 0
     print(f"### {case} ({files} files)\n")
-    print("| run | wall s | peak MB | exit |\n|---|---:|---:|---:|")
+    print("| run | wall s | peak MB | exit | images |\n|---|---:|---:|---:|---:|")
     for tool in TOOLS:
         m = res[tool]
-        print(f"| {tool} | {m.wall_s:.2f} | {m.peak_mb:.0f} | {m.code} |")
+        print(f"| {tool} | {m.wall_s:.2f} | {m.peak_mb:.0f} | {m.code} | {m.images} |")
+    for tool in TOOLS:
+        if res[tool].error:
+            print(f"\n{tool} failed: `{res[tool].error}`")
     ratio = b.wall_s / h.wall_s if h.wall_s else float("nan")
+    verdict = "PASS" if met else "FAIL"
+    if h.code and not h.images:
+        verdict, met = "NO BASELINE (convertall converts nothing)", None
     print(
         f"\nbidsapp / convertall = {ratio:.2f}x; allowed {FACTOR} x {h.wall_s:.2f} + {SLACK_S:g}"
-        f" = {allowed:.2f} s; peak {b.peak_mb:.0f} MB (≤ {PEAK_MB:.0f}) → "
-        f"**{'PASS' if met else 'FAIL'}**"
+        f" = {allowed:.2f} s; peak {b.peak_mb:.0f} MB (≤ {PEAK_MB:.0f}) → **{verdict}**"
     )
     if b.steps:
         steps = ", ".join(f"{k} {v:.2f}" for k, v in b.steps.items())
@@ -172,12 +191,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"## bidsapp vs heudiconv + convertall vs dcm2niix ({args.cases}, best of {args.repeat})\n"
     )
-    met = 0
+    verdicts = []
     for case in args.case_list:
         files = sum(1 for p in (args.cases / case).rglob("*") if p.is_file())
-        met += report_case(case, files, bench_case(args.cases, case, args.repeat))
+        verdicts.append(report_case(case, files, bench_case(args.cases, case, args.repeat)))
     print(machine_line())
-    print(f"\ntargets met on {met}/{len(args.case_list)} cases")
+    compared = [v for v in verdicts if v is not None]
+    print(
+        f"\ntargets met on {sum(compared)}/{len(compared)} cases with a baseline "
+        f"({len(verdicts) - len(compared)} without: convertall converts nothing there)"
+    )
     return 0
 
 
