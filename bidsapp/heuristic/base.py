@@ -81,12 +81,15 @@ def infotodict_with(plan_exam: Planner) -> Callable[[Iterable[SeqInfo]], dict[Ke
         decisions = {d.key: d for d in plan_exam(headers, from_env())}
         info: dict[Key, list[str]] = {}
         record = []
-        for number, s in enumerate(series, start=1):
+        for s in series:
             # heudiconv groups files by series number and protocol name: one of its series can
             # hold two acquisitions (two UIDs), and dcm2niix can make several images of one
             members = [h for h in headers if h.series_id == s.series_id] or [
                 h for h in headers if h.series_uid == s.series_uid
             ]
+            # the series' place among all of the unit's (not only those this heudiconv run
+            # sees: bidsapp may split a large unit between parallel runs), so names never clash
+            number = headers.index(members[0]) + 1 if members else 0
             images = [(o, name) for h in members for o, name, _ in output_plan(decisions[h.key], h)]
             names = [name for _, name in images if name]
             if not names:

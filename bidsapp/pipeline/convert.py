@@ -14,6 +14,7 @@ heuristics make stay in the work dir; only `sub-<label>` comes out.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import warnings
@@ -48,6 +49,8 @@ from bidsapp.timing import Timings
 from bidsapp.tools import ToolFailed, run, tool_env, which
 
 HEUDICONV_TIMEOUT = 6 * 3600.0
+SPLIT_FROM = 400  # files in a unit from which heudiconv runs in parallel parts
+MAX_PARTS = 2
 T = TypeVar("T")
 
 
@@ -162,7 +165,7 @@ def convert(
         # runs meanwhile, and the heuristic waits for the summaries it makes
         with ThreadPoolExecutor(max_workers=1) as pool:
             converting = pool.submit(
-                _timed, timings, "convert/heudiconv", heudiconv.convert, plan_file
+                _timed, timings, "convert/heudiconv", heudiconv.convert_split, plan_file
             )
             evidence = Evidence([], work)
             try:
@@ -224,6 +227,22 @@ def _merge(src: Path, dest: Path, session: str) -> None:
         return
     target = dest / f"ses-{session}" if session else dest
     shutil.copytree(part, target, dirs_exist_ok=True)
+
+
+def _join_tree(src: Path, dest: Path) -> None:
+    """One part's heudiconv tree into the unit's: files side by side, the scans.tsv of each
+    subject (and session) folder one table of every part's rows."""
+    for path in sorted(src.rglob("*")):
+        if not path.is_file() or path.is_symlink():
+            continue
+        target = dest / path.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if path.name.endswith("_scans.tsv") and target.exists():
+            header, *rows = target.read_text(encoding="utf-8").splitlines()
+            rows += path.read_text(encoding="utf-8").splitlines()[1:]
+            target.write_text("\n".join([header, *sorted(set(rows))]) + "\n", encoding="utf-8")
+        else:
+            shutil.copy2(path, target)
 
 
 def _culprit(output: str, record: list[dict[str, object]], label: str, session: str) -> str:
@@ -289,6 +308,54 @@ class Run:
                 found[key] = f"nibabel cannot read it ({type(exc).__name__}: {exc})"
         return found
 
+    def parts(self) -> list[Run]:
+        """The unit's series in as many heudiconv runs as there are cores (two here), balanced
+        by files: heudiconv reads every header of its files in one Python process and converts
+        one series at a time, so one run leaves a core idle. Only under a plan (names come
+        from the plan, whoever converts) and for exams big enough to repay a second start-up."""
+        workers = min(os.cpu_count() or 1, MAX_PARTS)
+        total = sum(len(paths) for paths in self.files.values())
+        if self.heuristic.plan is None or workers < 2 or total < SPLIT_FROM:
+            return [self]
+        groups = sorted(
+            ([k for k in keys if k in self.files] for keys in self.series_ids().values()),
+            key=lambda keys: -sum(len(self.files[k]) for k in keys),
+        )
+        bins: list[dict[str, list[Path]]] = [{} for _ in range(workers)]
+        for keys in groups:  # the largest series first, each to the lightest run
+            lightest = min(bins, key=lambda b: sum(len(paths) for paths in b.values()))
+            lightest.update({k: self.files[k] for k in keys})
+        return [
+            Run(
+                self.unit,
+                self.subject,
+                self.heuristic,
+                files,
+                self.out.with_name(f"{self.out.name}-part{j}"),
+                self.env,
+            )
+            for j, files in enumerate(bins, start=1)
+            if files
+        ]
+
+    def convert_split(self, plan_file: Path) -> dict[str, str]:
+        """`convert` over each of `parts` at once; their trees and plan records joined into
+        this run's, as one run would have left them."""
+        parts = self.parts()
+        if len(parts) == 1:
+            return self.convert(plan_file)
+        plans = [plan_file.with_name(f"{plan_file.stem}-part{j}.json") for j in range(len(parts))]
+        with ThreadPoolExecutor(max_workers=len(parts)) as pool:
+            results = list(pool.map(Run.convert, parts, plans))
+        records = [r for plan in plans for r in _read_record(plan)]
+        plan_file.write_text(json.dumps(records, indent=1), encoding="utf-8")
+        shutil.rmtree(self.out, ignore_errors=True)
+        self.out.mkdir(parents=True)
+        for part in parts:
+            _join_tree(part.out, self.out)
+            shutil.rmtree(part.out, ignore_errors=True)
+        return {key: why for result in results for key, why in result.items()}
+
     def convert(self, plan_file: Path) -> dict[str, str]:
         """Run heudiconv until it succeeds; returns the series left out (by key) with why.
         Without a plan (another heuristic) a failure fails the exam."""
@@ -302,11 +369,12 @@ class Run:
             argv = heudiconv_argv(
                 sorted(files), self.subject.label, self.unit.session, self.heuristic.path, self.out
             )
+            env = {**self.env, PLAN_ENV: str(plan_file)}
             # each attempt from scratch: heudiconv reuses the plan it recorded in `.heudiconv/`
             shutil.rmtree(self.out, ignore_errors=True)
             self.out.mkdir(parents=True)
             try:
-                run(argv, cwd=self.out.parent, env=self.env, timeout=HEUDICONV_TIMEOUT)
+                run(argv, cwd=self.out.parent, env=env, timeout=HEUDICONV_TIMEOUT)
                 return failures
             except ToolFailed as exc:
                 error = exc.tail.splitlines()[-1] if exc.tail else f"exit {exc.code}"

@@ -1,0 +1,62 @@
+"""A large unit is converted by parallel heudiconv runs: the result must be the one run's.
+
+heudiconv reads every header of its files in one Python process and converts one series at a
+time; from SPLIT_FROM files on, bidsapp gives each core a run over part of the series. The
+names come from the session's plan whoever converts, so splitting must change no byte: same
+files, same images and sidecars, one scans.tsv, and a series heudiconv fails on still
+converted by dcm2niix alone. The threshold is lowered here so a small exam splits.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from pathlib import Path
+
+import pytest
+from bidsapp_sandbox.exams import EXAMS, Series, write_session
+
+from bidsapp.heuristic.loader import load_heuristic
+from bidsapp.pipeline import convert as convert_module
+from bidsapp.pipeline.stage import stage
+from bidsapp.pipeline.subjects import Subject
+from bidsapp.stores.local import LocalStore
+
+pytestmark = pytest.mark.slow
+
+
+def _md5(path: Path) -> str:
+    """Of the content: a .nii.gz dcm2niix compressed itself carries the time in its gzip
+    header, so two conversions of one series differ there and nowhere else."""
+    data = path.read_bytes()
+    return hashlib.md5(gzip.decompress(data) if path.name.endswith(".gz") else data).hexdigest()
+
+
+def converted(tmp: Path, exam: str, split_from: int, monkeypatch: pytest.MonkeyPatch) -> dict:
+    monkeypatch.setattr(convert_module, "SPLIT_FROM", split_from)
+    monkeypatch.setattr(convert_module, "MAX_PARTS", 2)
+    monkeypatch.setattr(convert_module.os, "cpu_count", lambda: 2)
+    work = tmp / f"work-{split_from}"
+    staged = stage(LocalStore(tmp / "source"), exam, work)
+    result = convert_module.convert(staged, Subject(exam, "01"), load_heuristic("auto"), work)
+    files = {rel: _md5(result.root / rel) for rel in result.files}
+    notes = {row.series_id: (tuple(row.outputs), row.note) for row in result.series}
+    return {"files": files, "notes": notes, "parts": sorted(p.name for p in work.iterdir())}
+
+
+def test_parallel_heudiconv_parts_convert_exactly_as_one_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exam = EXAMS["philips_fieldmaps"]  # multi-image series: provisional names must not clash
+    series = (*exam.series, Series("T2 Date check", "philips_tfe"))  # heudiconv fails on it
+    write_session(tmp_path / "source" / "exam", series=series, vendor=exam.vendor)
+
+    one = converted(tmp_path, "exam", 10**9, monkeypatch)
+    split = converted(tmp_path, "exam", 1, monkeypatch)
+
+    assert split["files"] == one["files"]
+    assert split["notes"] == one["notes"]
+    assert any("dcm2niix alone" in note for _, note in split["notes"].values())
+    assert "sub-01/sub-01_scans.tsv" in split["files"]
+    # the split really happened: the plan records of two parts were joined
+    assert {"plan-1-part0.json", "plan-1-part1.json"} <= set(split["parts"])
