@@ -63,7 +63,12 @@ def bidsapp(work_dir: Path) -> RunCli:
         timeout: float = 600,
     ) -> subprocess.CompletedProcess[str]:
         argv = [str(a) for a in args]
-        if work and argv and argv[0] not in ("subjects", "status", "pull", "demo") and len(argv) >= 3:
+        if (
+            work
+            and argv
+            and argv[0] not in ("subjects", "status", "pull", "demo")
+            and len(argv) >= 3
+        ):
             argv += ["--work-dir", str(work_dir)]
         full_env = {
             **os.environ,

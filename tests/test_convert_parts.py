@@ -1,10 +1,10 @@
 """A large unit is converted by parallel heudiconv runs: the result must be the one run's.
 
 heudiconv reads every header of its files in one Python process and converts one series at a
-time; from SPLIT_FROM files on, bidsapp gives each core a run over part of the series. The
-names come from the session's plan whoever converts, so splitting must change no byte: same
-files, same images and sidecars, one scans.tsv, and a series heudiconv fails on still
-converted by dcm2niix alone. The threshold is lowered here so a small exam splits.
+time; from SPLIT_FROM (files plus a cost per series) on, bidsapp gives each core a run over
+part of the series. The names come from the session's plan whoever converts, so splitting must
+change no byte: same files, same images and sidecars, one scans.tsv, and a series heudiconv
+fails on still converted by dcm2niix alone. The threshold is lowered here so a small exam splits.
 """
 
 from __future__ import annotations

@@ -49,7 +49,10 @@ from bidsapp.timing import Timings
 from bidsapp.tools import ToolFailed, run, tool_env, which
 
 HEUDICONV_TIMEOUT = 6 * 3600.0
-SPLIT_FROM = 400  # files in a unit from which heudiconv runs in parallel parts
+# heudiconv's work on a unit, in header reads: it reads each file's header (~1.3 ms here) and
+# converts one series at a time (~0.13 s each, most of it per series, not per file)
+SERIES_COST = 100
+SPLIT_FROM = 800  # work (~1 s) from which a second heudiconv run repays its start-up (~0.6 s)
 MAX_PARTS = 2
 T = TypeVar("T")
 
@@ -310,21 +313,21 @@ class Run:
 
     def parts(self) -> list[Run]:
         """The unit's series in as many heudiconv runs as there are cores (two here), balanced
-        by files: heudiconv reads every header of its files in one Python process and converts
+        by work: heudiconv reads every header of its files in one Python process and converts
         one series at a time, so one run leaves a core idle. Only under a plan (names come
-        from the plan, whoever converts) and for exams big enough to repay a second start-up."""
+        from the plan, whoever converts) and for units with enough work to repay a second
+        start-up."""
         workers = min(os.cpu_count() or 1, MAX_PARTS)
-        total = sum(len(paths) for paths in self.files.values())
-        if self.heuristic.plan is None or workers < 2 or total < SPLIT_FROM:
+        groups = [[k for k in keys if k in self.files] for keys in self.series_ids().values()]
+        cost = {tuple(keys): sum(len(self.files[k]) + SERIES_COST for k in keys) for keys in groups}
+        if self.heuristic.plan is None or workers < 2 or sum(cost.values()) < SPLIT_FROM:
             return [self]
-        groups = sorted(
-            ([k for k in keys if k in self.files] for keys in self.series_ids().values()),
-            key=lambda keys: -sum(len(self.files[k]) for k in keys),
-        )
         bins: list[dict[str, list[Path]]] = [{} for _ in range(workers)]
-        for keys in groups:  # the largest series first, each to the lightest run
-            lightest = min(bins, key=lambda b: sum(len(paths) for paths in b.values()))
-            lightest.update({k: self.files[k] for k in keys})
+        load = [0] * workers
+        for keys, work in sorted(cost.items(), key=lambda item: -item[1]):
+            lightest = load.index(min(load))  # the costliest series first, each to the lightest
+            bins[lightest].update({k: self.files[k] for k in keys})
+            load[lightest] += work
         return [
             Run(
                 self.unit,
