@@ -525,3 +525,14 @@ def test_own_words_come_from_the_package_s_text() -> None:
 
     assert {"dcm2niix", "heudiconv", "versions", "roboto"} <= own_words()
     assert words_of('"""A docstring."""\nX = "Kept words"\n') == {"kept", "words"}
+
+
+def test_own_words_among_a_patient_s_name_words_is_exactly_the_intersection() -> None:
+    from bidsapp.pipeline.vocabulary import own_words, own_words_among
+
+    # own words; one in the source but only in docstrings (vocabulary.py's); one nowhere
+    words = frozenset({"dcm2niix", "roboto", "docstrings", "xqzzyvv"})
+    assert "docstrings" not in own_words()
+    assert own_words_among(words) == own_words() & words == {"dcm2niix", "roboto"}
+    assert own_words_among(frozenset({"xqzzyvv", "docstrings"})) == frozenset()
+    assert {"xq7", "dcm2niix"} <= ids_of(PatientName="Xq7^dcm2niix").name_words()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bidsapp.pipeline.setaside import owners, set_aside
-from bidsapp.pipeline.vocabulary import own_words
+from bidsapp.pipeline.vocabulary import own_words_among
 from bidsapp.privacy.phi import Identifiers, scan_tree
 from bidsapp.timing import Timings
 from bidsapp.tools import ToolFailed, run
@@ -186,11 +186,12 @@ def run_gate(
     copied = [root for root in (bids_root, sourcedata) if root.is_dir()]
     with timings.step("gate/phi scan"):
         hits = [hit for root in copied for hit in scan_tree(root, ids)]
+        own = own_words_among(ids.name_words())
         if derivatives.is_dir():
-            hits += scan_tree(derivatives, ids.except_words(own_words()))
+            hits += scan_tree(derivatives, ids.except_words(own))
     report.phi = {
         **ids.to_json(),
-        "name_words_also_bidsapp_words": ids.name_words_in(own_words()),
+        "name_words_also_bidsapp_words": ids.name_words_in(own),
         "hits": [asdict(h) for h in hits],
     }
     if hits:  # named above any other failure: it is the one that must never be missed
@@ -220,7 +221,7 @@ def recheck(report: GateReport, derivatives: Path, ids: Identifiers) -> None:
     """Scan what was written after the gate (the visual report) with the same rules: a name
     word that is also a word of bidsapp's own text is no hit there (copied values in it were
     redacted with every identifier)."""
-    hits = scan_tree(derivatives, ids.except_words(own_words()))
+    hits = scan_tree(derivatives, ids.except_words(own_words_among(ids.name_words())))
     if hits:
         report.phi["hits"] = [*report.phi.get("hits", []), *(asdict(h) for h in hits)]
         report.failure, report.exit_code, report.passed = "patient data found", 65, False

@@ -324,6 +324,10 @@ class Identifiers:
         kept = [i for i in self.identifiers if not (i.name_word and i.tokens[0] in words)]
         return Identifiers(kept, self.ignored)
 
+    def name_words(self) -> frozenset[str]:
+        """The single name words (normalized tokens) among the identifiers."""
+        return frozenset(i.tokens[0] for i in self.identifiers if i.name_word)
+
     def name_words_in(self, words: frozenset[str]) -> int:
         """How many single name words are also in `words` (for the GateReport, no values)."""
         return sum(i.name_word and i.tokens[0] in words for i in self.identifiers)
