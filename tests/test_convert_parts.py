@@ -21,6 +21,7 @@ from bidsapp.pipeline import convert as convert_module
 from bidsapp.pipeline.stage import stage
 from bidsapp.pipeline.subjects import Subject
 from bidsapp.stores.local import LocalStore
+from tests.conftest import SHARED_DICOM, need
 
 pytestmark = pytest.mark.slow
 
@@ -32,12 +33,18 @@ def _md5(path: Path) -> str:
     return hashlib.md5(gzip.decompress(data) if path.name.endswith(".gz") else data).hexdigest()
 
 
-def converted(tmp: Path, exam: str, split_from: int, monkeypatch: pytest.MonkeyPatch) -> dict:
+def converted(
+    tmp: Path,
+    exam: str,
+    split_from: int,
+    monkeypatch: pytest.MonkeyPatch,
+    source: Path | None = None,
+) -> dict:
     monkeypatch.setattr(convert_module, "SPLIT_FROM", split_from)
     monkeypatch.setattr(convert_module, "MAX_PARTS", 2)
     monkeypatch.setattr(convert_module.os, "cpu_count", lambda: 2)
     work = tmp / f"work-{split_from}"
-    staged = stage(LocalStore(tmp / "source"), exam, work)
+    staged = stage(LocalStore(source or tmp / "source"), exam, work)
     result = convert_module.convert(staged, Subject(exam, "01"), load_heuristic("auto"), work)
     files = {rel: _md5(result.root / rel) for rel in result.files}
     notes = {row.series_id: (tuple(row.outputs), row.note) for row in result.series}
@@ -60,3 +67,19 @@ def test_parallel_heudiconv_parts_convert_exactly_as_one_run(
     assert "sub-01/sub-01_scans.tsv" in split["files"]
     # the split really happened: the plan records of two parts were joined
     assert {"plan-1-part0.json", "plan-1-part1.json"} <= set(split["parts"])
+
+
+def test_each_part_checks_only_its_own_enhanced_series_with_nibabel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real Siemens XA30 enhanced multi-frame series, which nibabel reads: a part must not
+    take the other part's series for unreadable ones (they would be converted twice, the
+    second time by dcm2niix alone, losing heudiconv's sidecar fields)."""
+    need((SHARED_DICOM / "siemens_xa30_enh").is_dir(), f"no shared XA30 exam in {SHARED_DICOM}")
+    one = converted(tmp_path, "siemens_xa30_enh", 10**9, monkeypatch, SHARED_DICOM)
+    split = converted(tmp_path, "siemens_xa30_enh", 1, monkeypatch, SHARED_DICOM)
+
+    assert {"plan-1-part0.json", "plan-1-part1.json"} <= set(split["parts"])
+    assert split["files"] == one["files"]
+    assert split["notes"] == one["notes"]
+    assert not [n for _, n in split["notes"].values() if "nibabel cannot read" in n]

@@ -287,7 +287,8 @@ class Run:
         return {sid: sorted(keys) for sid, keys in found.items()}
 
     def unreadable_by_nibabel(self) -> dict[str, str]:
-        """Multi-frame series nibabel cannot shape (heudiconv's scan would abort on them)."""
+        """Multi-frame series of this run nibabel cannot shape (heudiconv's scan would abort
+        on them)."""
         import pydicom
 
         with warnings.catch_warnings():
@@ -298,7 +299,7 @@ class Run:
             series_key(r)
             for study in self.unit.studies
             for r in study.records
-            if "Enhanced" in r.sop_class
+            if "Enhanced" in r.sop_class and series_key(r) in self.files  # a part: its own
         }
         found: dict[str, str] = {}
         for key in sorted(enhanced):
