@@ -1,24 +1,32 @@
 """Which field-map correction fMRIPrep 25 plans for the BOLD runs of a dataset bidsapp published.
 
-    benchmarks/fmriprep_plan.py [--fmriprep EXE] [--bids DIR ...] [--synthetic NAME ...] [--xa30]
+    .venv/bin/python benchmarks/fmriprep_plan.py --fmriprep /work/fmriprep-venv
+        [--xa30] [--dicom EXAM ...] [--synthetic NAME[+bold] ...] [--bids DIR ...]
 
-Each dataset (a BIDS dir; a synthetic exam of `bidsapp_sandbox.exams.EXAMS`, or the real Siemens
-XA30 exam, converted with bidsapp `participant` + `group` into a temporary dir) goes through
-`fmriprep --boilerplate-only`, which builds the whole workflow and writes `logs/CITATION.md`
-without processing an image. Per BOLD run the table shows whether the built workflow corrects
-susceptibility distortion (fMRIPrep's "Stage 3" log line for that run), the estimator fMRIPrep
-maps to the run (its own `map_fieldmap_estimation`, i.e. sdcflows' `find_estimators` plus
-`B0FieldSource`/`IntendedFor`, run with fMRIPrep's interpreter) and the boilerplate's sentences on
-B0 field maps. When no estimator is found, sdcflows' debug messages say why.
+Each dataset (a BIDS dir; an exam folder, e.g. the real Siemens XA30 exam, or a synthetic exam of
+`bidsapp_sandbox.exams.EXAMS`, converted with bidsapp `participant` + `group` into a temporary
+dir) goes through `fmriprep --boilerplate-only`, which builds the whole workflow and writes
+`logs/CITATION.md` without processing an image. Without a dataset argument: the XA30 exam and
+every synthetic exam with field maps, `+bold` (a BOLD run appended, acquired last) for those
+that have no BOLD run for fMRIPrep to plan. Per BOLD run the table shows whether the built
+workflow corrects susceptibility distortion (fMRIPrep's "Stage 3" log line for that run), the
+estimator fMRIPrep maps to the run (its own `map_fieldmap_estimation`, i.e. sdcflows'
+`find_estimators` plus `B0FieldSource`/`IntendedFor`, run with fMRIPrep's interpreter), the
+run's phase-encoding direction and total readout time as fMRIPrep reads them when it unwarps
+(sdcflows' `get_trt`), and the boilerplate's sentences on B0 field maps. When no estimator is
+found, sdcflows' debug messages say why.
+
+A run planned with SDC but lacking `PhaseEncodingDirection` or a readout time is flagged: the
+boilerplate still says it was corrected, but fMRIPrep's `DistortionParameters` then leaves
+both unset and `ResampleSeries` shifts voxels by zero (fmriprep/interfaces/resampling.py), so
+the run is silently not corrected (`--fallback-total-readout-time` supplies only the time).
 
 Install fMRIPrep in its own venv (never into bidsapp's; bidsapp does not depend on it):
 
     python3 -m venv /work/fmriprep-venv
     /work/fmriprep-venv/bin/pip install 'fmriprep>=25,<26'
 
-and run this script with bidsapp's venv (it imports the sandbox for the synthetic exams):
-
-    .venv/bin/python benchmarks/fmriprep_plan.py --xa30 --synthetic siemens_two_gre_sets
+and run this script with bidsapp's venv (it imports the sandbox for the synthetic exams).
 
 Stand-ins (only for this script's fMRIPrep runs, in --cache, default /tmp/fmriprep-plan-cache):
 - TEMPLATEFLOW_HOME: TemplateFlow's own skeleton (empty files) in which the few templates the
@@ -51,6 +59,11 @@ SHARED_DICOM = Path(
 )
 XA30 = SHARED_DICOM / "siemens_xa30_enh"  # ../shared/dicom beside the checkout, as the tests
 SUBJECT = "01"
+# every field-map form bidsapp writes; `+bold` where the exam has no BOLD run of its own
+DEFAULT_SYNTHETIC = (
+    "siemens_two_gre_sets", "philips_fieldmaps", "ge_b0map_dwi+bold",
+    "siemens_pepolar_singles", "siemens_bold_se_epi",
+)  # fmt: skip
 # what fMRIPrep 25.2 asks of TemplateFlow while building the default workflow
 TEMPLATES = {
     "MNI152NLin2009cAsym": (
@@ -67,7 +80,7 @@ TOOLS = (
     "3dAutomask", "3dTshift", "3dUnifize", "Atropos", "DenoiseImage", "ImageMath",
     "MultiplyImages", "N4BiasFieldCorrection", "ThresholdImage", "antsAI", "antsApplyTransforms",
     "antsRegistration", "bet", "fast", "flirt", "fslmaths", "lta_convert", "mcflirt",
-    "mri_convert", "mri_coreg", "prelude",
+    "mri_convert", "mri_coreg", "mri_robust_template", "prelude", "topup",
 )  # fmt: skip
 # run inside fMRIPrep's interpreter: the estimator fMRIPrep maps to each BOLD run, and why not
 PLANNER = """
@@ -76,6 +89,7 @@ from bids import BIDSLayout
 from niworkflows.utils.bids import collect_data
 from fmriprep.workflows.base import map_fieldmap_estimation
 from sdcflows.fieldmaps import clear_registry
+from sdcflows.utils.epimanip import get_trt
 from sdcflows.utils.wrangler import find_estimators
 root, subject = sys.argv[1:]
 messages = []
@@ -95,7 +109,16 @@ estimators, mapping = map_fieldmap_estimation(
     layout, subject, None, bold, False, False, False, None)
 methods = {e.bids_id: e.method.name for e in estimators}
 plan = {run[0]: mapping.get(run[0]) for run in bold}
-plan = {b: f and [f, methods[f]] for b, f in plan.items()}
+def unwarp(path):  # what fMRIPrep's DistortionParameters reads (default: no fallback time)
+    meta = layout.get_metadata(path)
+    times = []
+    for estimate in (False, True):  # True: with --fallback-total-readout-time estimated
+        try:
+            times.append(get_trt(meta, path, use_estimate=estimate))
+        except (KeyError, ValueError):
+            times.append(None)
+    return [meta.get("PhaseEncodingDirection"), *times]
+plan = {b: f and [f, methods[f], *unwarp(b)] for b, f in plan.items()}
 print(json.dumps({"plan": plan, "found": found, "why": messages}))
 """
 
@@ -146,18 +169,22 @@ def convert(source: Path, out: Path) -> Path:
 
 
 def synthetic(name: str, out: Path) -> Path:
-    from bidsapp_sandbox.exams import EXAMS, write_session
+    """Write EXAMS[NAME] (NAME+bold: with a BOLD run of the vendor appended) and convert it."""
+    from bidsapp_sandbox.exams import EXAMS, Series, write_session
 
-    if name not in EXAMS:
-        sys.exit(f"unknown synthetic exam {name!r}; expected one of {', '.join(EXAMS)}")
-    exam = EXAMS[name]
-    write_session(out / "source" / SUBJECT, series=exam.series, vendor=exam.vendor)
+    exam_name, plus_bold = name.removesuffix("+bold"), name.endswith("+bold")
+    if exam_name not in EXAMS:
+        sys.exit(f"unknown synthetic exam {exam_name!r}; expected one of {', '.join(EXAMS)}")
+    exam = EXAMS[exam_name]
+    kind = "siemens_bold" if exam.vendor == "siemens" else "bold"
+    bold = (Series("fMRI_rest", kind, phase_positive=True),) if plus_bold else ()
+    write_session(out / "source" / SUBJECT, series=(*exam.series, *bold), vendor=exam.vendor)
     return convert(out / "source", out)
 
 
-def xa30(out: Path) -> Path:
+def exam(folder: Path, out: Path) -> Path:
     (out / "source").mkdir()
-    (out / "source" / SUBJECT).symlink_to(XA30)
+    (out / "source" / SUBJECT).symlink_to(folder.resolve())
     return convert(out / "source", out)
 
 
@@ -237,12 +264,21 @@ def report(name: str, fmriprep: Path, bids: Path, out: Path, cache: Path) -> Non
     mapping: dict[str, list[str] | None] = planned["plan"]
     sdc = boilerplate_sdc(out)
     if not mapping:
-        print(f"{name}\t(no BOLD run)\t-\t-")
+        print(f"{name}\t(no BOLD run)\t-\t-\t-")
     for path, estimator in mapping.items():
         # the built workflow's Stage 3 for this run; absent when fMRIPrep could not build it
         workflow = {True: "SDC", False: "no SDC", None: "not built"}[built.get(Path(path).name)]
-        planned_id = f"{estimator[0]} ({estimator[1]})" if estimator else "none"
-        print(f"{name}\t{Path(path).relative_to(bids)}\t{workflow}\t{planned_id}")
+        planned_id, inputs = "none", "-"
+        if estimator:
+            key, method, pe_dir, readout, estimated = estimator
+            planned_id = f"{key} ({method})"
+            missing = [f for f, v in (("PhaseEncodingDirection", pe_dir), ("readout time",
+                                      readout)) if v is None]  # fmt: skip
+            inputs = f"{pe_dir} {readout:.4f} s" if not missing else (
+                f"MISSING {' and '.join(missing)}: not corrected at run time")  # fmt: skip
+            if readout is None and estimated is not None:
+                inputs += f" (--fallback-total-readout-time estimated: {estimated:.4f} s)"
+        print(f"{name}\t{Path(path).relative_to(bids)}\t{workflow}\t{planned_id}\t{inputs}")
     print(f"  boilerplate: {sdc or '(nothing on field maps)'}")
     if not built:
         print(f"  fMRIPrep did not build the workflow: {failure(log)}")
@@ -258,29 +294,36 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--fmriprep",
         type=Path,
-        default=Path("/work/fmriprep-venv/bin/fmriprep"),
-        help="fMRIPrep's console script in its venv (the venv's python runs the planner)",
+        default=Path("/work/fmriprep-venv"),
+        help="fMRIPrep's venv, or the fmriprep script in it (the venv's python runs the planner)",
     )
-    parser.add_argument("--bids", type=Path, nargs="*", default=[])
-    parser.add_argument("--synthetic", nargs="*", default=[])
+    parser.add_argument("--bids", type=Path, nargs="*", default=[], help="published datasets")
+    parser.add_argument("--dicom", type=Path, nargs="*", default=[], help="exam folders")
+    parser.add_argument("--synthetic", nargs="*", default=[], help="EXAMS names, [+bold]")
     parser.add_argument("--xa30", action="store_true", help=f"the real exam {XA30}")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/fmriprep-plan-cache"))
     parser.add_argument("--work", type=Path, help="kept: datasets, logs (default: new temp dir)")
     args = parser.parse_args(argv)
+    if args.fmriprep.is_dir():
+        args.fmriprep = args.fmriprep / "bin" / "fmriprep"
     if not args.fmriprep.is_file():
         parser.error(f"no fMRIPrep at {args.fmriprep}: install it (see this script's docstring)")
     args.cache.mkdir(parents=True, exist_ok=True)
     work = args.work or Path(tempfile.mkdtemp(prefix="fmriprep-plan-"))
+    if not (args.bids or args.dicom or args.synthetic or args.xa30):
+        args.xa30, args.synthetic = True, list(DEFAULT_SYNTHETIC)
+    args.dicom = [XA30] * args.xa30 + args.dicom
     jobs: list[tuple[str, Path | str]] = [(str(b), b) for b in args.bids]
-    jobs += [(n, n) for n in args.synthetic] + ([("xa30", "xa30")] if args.xa30 else [])
-    print("dataset\tBOLD run\tfMRIPrep workflow\testimator (B0FieldIdentifier)")
+    jobs += [(f"dicom:{d.name}", d) for d in args.dicom] + [(n, n) for n in args.synthetic]
+    print("dataset\tBOLD run\tfMRIPrep workflow\testimator (B0FieldIdentifier)"
+          "\tunwarp inputs (PE direction, readout time)")  # fmt: skip
     for index, (name, what) in enumerate(jobs):
-        out = work / f"{index}-{Path(name).name}"
+        out = work / f"{index}-{Path(name).name.replace(':', '-')}"
         out.mkdir(parents=True)
-        if isinstance(what, Path):
-            bids = what.resolve()
+        if isinstance(what, str):
+            bids = synthetic(what, out)
         else:
-            bids = xa30(out) if what == "xa30" else synthetic(what, out)
+            bids = exam(what, out) if name.startswith("dicom:") else what.resolve()
         report(name, args.fmriprep, bids, out, args.cache)
     print(f"(datasets and fMRIPrep logs kept in {work})")
 

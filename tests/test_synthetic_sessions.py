@@ -98,6 +98,7 @@ EXPECTED: dict[str, tuple[list[str], dict[str, str]]] = {
             "fmap/sub-01_run-2_magnitude2",
             "fmap/sub-01_run-2_phase1",
             "fmap/sub-01_run-2_phase2",
+            "func/sub-01_task-rest_bold",
         ),
         {},
     ),
@@ -291,7 +292,14 @@ def _philips_fieldmaps(outcome: Outcome) -> None:
     _linked(outcome, ["fmap/sub-01_run-1_fieldmap", "fmap/sub-01_run-1_magnitude"],
             "fieldmap1", [])  # fmt: skip
     run2 = [f"fmap/sub-01_run-2_{n}" for n in ("magnitude1", "magnitude2", "phase1", "phase2")]
-    _linked(outcome, run2, "phasediff2", [])
+    _linked(outcome, run2, "phasediff2", ["func/sub-01_task-rest_bold"])
+    # Philips DICOM records no phase-encoding polarity: the link alone would let fMRIPrep plan
+    # a correction that shifts no voxel, so the run's row says what to supply
+    assert "PhaseEncodingDirection" not in outcome.sidecar("func/sub-01_task-rest_bold")
+    [bold] = [r for r in outcome.gate["series"] if "task-rest_bold" in " ".join(r["outputs"])]
+    note = bold["note"]
+    assert "linked to field map phasediff2, but its sidecar has no PhaseEncodingDirection" in note
+    assert "--overrides" in note
 
 
 def _siemens_two_gre_sets(outcome: Outcome) -> None:
@@ -301,6 +309,8 @@ def _siemens_two_gre_sets(outcome: Outcome) -> None:
         _linked(outcome, stems, f"phasediff{run}", [target])
         phasediff = outcome.sidecar(stems[2])
         assert (phasediff["EchoTime1"], phasediff["EchoTime2"]) == (0.00492, 0.00738)
+        assert outcome.sidecar(target)["PhaseEncodingDirection"] == "j-"  # Siemens records it
+    assert not [r for r in outcome.gate["series"] if "cannot unwarp" in r["note"]]
     # each set is one acquisition: its magnitudes and phase share the grid and the time
     for run in (1, 2):
         grids = {

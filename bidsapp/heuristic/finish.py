@@ -67,7 +67,8 @@ def finish(
             tsv = bids / f"{stems[0][: -len('_asl')]}_aslcontext.tsv"
             tsv.write_text("volume_type\n" + "".join(f"{c}\n" for c in d.aslcontext))
     _phasediff_echo_times(bids, converted)
-    _link_fieldmaps(bids, converted)
+    for key, note in _link_fieldmaps(bids, converted).items():
+        notes[key] = f"{notes[key]}; {note}" if key in notes else note
     return notes
 
 
@@ -114,17 +115,19 @@ def _pe_axis(h: SeriesHeader) -> str:
     return h.pe_direction[:1]
 
 
-def _link_fieldmaps(bids: Path, converted: Converted) -> None:
+def _link_fieldmaps(bids: Path, converted: Converted) -> dict[str, str]:
     """Each complete field-map set gets its identifier; each image it can correct gets the
     nearest set acquired before it (else the first): a GRE set corrects anything, an EPI set
-    images encoded along the same axis on the same grid."""
+    images encoded along the same axis on the same grid. Returns a note for each linked image
+    that lacks what unwarping needs."""
+    notes: dict[str, str] = {}
     sets: dict[str, tuple[int, list[str], list[SeriesHeader]]] = {}
     for pos, (d, h, stems) in enumerate(converted):
         if d.datatype == "fmap" and d.fieldmap:
             first, all_stems, headers = sets.get(d.fieldmap, (pos, [], []))
             sets[d.fieldmap] = (first, [*all_stems, *stems], [*headers, h])
     if not sets:
-        return
+        return notes
     intended: dict[str, list[str]] = {k: [] for k in sets}
     for pos, (d, h, stems) in enumerate(converted):
         if (d.datatype, d.suffix) not in _TARGETS:
@@ -141,12 +144,32 @@ def _link_fieldmaps(bids: Path, converted: Converted) -> None:
         for stem in stems:
             patch(bids / f"{stem}.json", {"B0FieldSource": ident})
             intended[ident].append(f"bids::{stem}.nii.gz")
+        if missing := _unwarp_missing(bids / f"{stems[0]}.json"):
+            notes[d.key] = (
+                f"linked to field map {ident}, but its sidecar has no {' or '.join(missing)} "
+                "(this scanner's DICOM does not record it): fMRIPrep and other tools cannot "
+                "unwarp it; give it in --overrides as sidecar = { "
+                + ", ".join(f"{m} = …" for m in missing)
+                + " }"
+            )
     for ident, (_, stems, _) in sets.items():
         fields: dict[str, Any] = {"B0FieldIdentifier": ident}
         if intended[ident]:
             fields["IntendedFor"] = intended[ident]
         for stem in stems:
             patch(bids / f"{stem}.json", fields)
+    return notes
+
+
+def _unwarp_missing(sidecar: Path) -> list[str]:
+    """What a corrected image's sidecar lacks for unwarping: the phase-encoding polarity and a
+    readout time (fMRIPrep reads TotalReadoutTime, else derives it from EffectiveEchoSpacing).
+    Without them fMRIPrep still plans the correction and shifts no voxel."""
+    data = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else {}
+    missing = [] if data.get("PhaseEncodingDirection") else ["PhaseEncodingDirection"]
+    if not (data.get("TotalReadoutTime") or data.get("EffectiveEchoSpacing")):
+        missing.append("TotalReadoutTime")
+    return missing
 
 
 def _corrects(fmap: SeriesHeader, target: SeriesHeader) -> bool:

@@ -381,7 +381,8 @@ EXAMS: dict[str, Exam] = {
         Series("Sag BRAVO", "ge_bravo"),
     )),
     # Philips: a B0 map (magnitude + field in Hz) and a two-echo GRE field map that stores
-    # magnitude and phase for each echo in one series
+    # magnitude and phase for each echo in one series; a BOLD run last, whose polarity Philips
+    # DICOM does not record
     "philips_fieldmaps": Exam("philips", (
         Series("B0 map", "philips_ffe", stacks=(
             (*_it("ORIGINAL\\PRIMARY\\M_FFE\\M\\FFE"), ("ComplexImageComponent", "MAGNITUDE")),
@@ -393,6 +394,7 @@ EXAMS: dict[str, Exam] = {
             for kind, part in (("M_FFE", "M"), ("PHASE MAP", "P"))
         )),
         Series("T1 3D TFE", "philips_tfe"),
+        Series("fMRI_rest", "bold"),
     )),
     # Siemens: two GRE field maps, each a magnitude series (two echoes) and a phase-difference
     # series of the same acquisition; the scanner numbered each phase series before its
