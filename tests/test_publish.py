@@ -435,11 +435,17 @@ class _CountingStore(LocalStore):
         return super().md5(path)
 
 
-def test_knowing_what_is_published_reads_no_published_byte(tmp_path: Path) -> None:
+def _published_01(tmp_path: Path) -> tuple[Path, Target]:
+    """OUTPUT with sub-01 published."""
     out = tmp_path / "out"
     out.mkdir()
     target = Target("01")
     _publish(out, target, "new", tmp_path)
+    return out, target
+
+
+def test_knowing_what_is_published_reads_no_published_byte(tmp_path: Path) -> None:
+    out, target = _published_01(tmp_path)
     store = _CountingStore(out)
     assert published_manifest(store, target) is not None
     assert store.hashed == 0  # sizes and modification times only
@@ -449,10 +455,7 @@ def test_knowing_what_is_published_reads_no_published_byte(tmp_path: Path) -> No
 
 def test_only_verify_sees_a_change_that_kept_size_and_time(tmp_path: Path) -> None:
     # the one change a key of size and modification time cannot see: same size, time put back
-    out = tmp_path / "out"
-    out.mkdir()
-    target = Target("01")
-    _publish(out, target, "new", tmp_path)
+    out, target = _published_01(tmp_path)
     store = LocalStore(out)
     manifest = read_manifest(store, target)
     assert manifest is not None
