@@ -8,7 +8,7 @@ import re
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from loguru import logger
 
@@ -109,6 +109,7 @@ def setup_console(level: str = "INFO") -> None:
     can still be printed.
     """
     logger.remove()
+    JsonLog.sink = None
     logger.configure(patcher=_patch)
     known = known_level(level)
     logger.add(sys.stderr, level=level.upper() if known else "INFO", format=_console_format)
@@ -124,10 +125,22 @@ class JsonLog:
     or raised by `close`, so the job still ends with its one-line error and its cleanup.
     """
 
+    # One loguru sink feeds every open job log of the process: adding a sink costs ~6 ms
+    # (loguru's exception formatter asks sysconfig for ~36 paths), a no-op rerun's whole job.
+    sink: ClassVar[int | None] = None
+    opened: ClassVar[list[JsonLog]] = []
+
     def __init__(self, path: Path) -> None:
         self.error: OSError | None = None
         self._file = path.open("a", encoding="utf-8", errors="backslashreplace")
-        self._sink = logger.add(self._write, level="DEBUG", serialize=True, catch=False)
+        if JsonLog.sink is None:
+            JsonLog.sink = logger.add(JsonLog._dispatch, level="DEBUG", serialize=True, catch=False)
+        JsonLog.opened.append(self)
+
+    @staticmethod
+    def _dispatch(message: str) -> None:
+        for log in list(JsonLog.opened):
+            log._write(message)
 
     def _write(self, message: str) -> None:
         if self.error is not None:
@@ -140,8 +153,8 @@ class JsonLog:
 
     def close(self) -> None:
         """Stop logging into the file and close it; never raises."""
-        with contextlib.suppress(ValueError):  # already removed
-            logger.remove(self._sink)
+        with contextlib.suppress(ValueError):  # already closed
+            JsonLog.opened.remove(self)
         try:
             self._file.close()
         except OSError as exc:
